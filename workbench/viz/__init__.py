@@ -1,0 +1,38 @@
+"""Figure functions (matplotlib) and export. Every plotting function takes ``ax=None`` or returns
+a Figure, uses colour-blind-safe colours (``viz._style``) and can be saved with ``save_figure``."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ._export import save_figure, versions
+from ._style import PALETTE, colours, structure_colours
+
+_EXPORTS = {
+    # phantom gallery (issue 3)
+    "gallery": "workbench.viz.gallery",
+    # attention / communities overlays (issue 4)
+    "community_overlay": "workbench.viz.overlays",
+    "community_grid": "workbench.viz.overlays",
+    "attention_grid": "workbench.viz.overlays",
+    "draw_contours": "workbench.viz.overlays",
+    # attribution and evaluation figures (issue 5)
+    "attribution_grid": "workbench.viz.attribution",
+    "budget_bars": "workbench.viz.attribution",
+    "deletion_curves": "workbench.viz.attribution",
+    "audit_figure": "workbench.viz.attribution",
+    # training
+    "training_curves": "workbench.viz.training",
+}
+
+
+def __getattr__(name: str) -> Any:
+    mod = _EXPORTS.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'workbench.viz' has no attribute {name!r}")
+    value = getattr(importlib.import_module(mod), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = ["save_figure", "versions", "PALETTE", "colours", "structure_colours", *_EXPORTS]

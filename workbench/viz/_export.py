@@ -1,0 +1,74 @@
+"""Export figures as PNG/PDF/SVG with a sidecar JSON of every parameter and version."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any, Iterable
+
+from .._io import atomic_path, atomic_write_text
+
+FORMATS = ("png", "pdf", "svg")
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages a figure depends on (for the sidecar)."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("workbench", "torch", "timm", "captum", "shap", "matplotlib", "numpy", "scikit-image"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    return repr(x)
+
+
+def save_figure(fig: Any, path: str | os.PathLike, *, formats: Iterable[str] | None = None,
+                params: dict[str, Any] | None = None, dpi: int = 300) -> list[Path]:
+    """Save ``fig`` atomically in each format, plus ``<stem>.json`` with params and versions.
+
+    Args:
+        fig: a matplotlib Figure.
+        path: target path; its suffix picks the format when ``formats`` is None
+            (no suffix: all of png, pdf, svg).
+        formats: formats to write, each of "png", "pdf", "svg".
+        params: everything needed to redraw the figure (recorded in the sidecar JSON).
+        dpi: raster resolution for PNG.
+
+    Returns:
+        The written paths (figures first, then the JSON sidecar).
+    """
+    path = Path(path)
+    if formats is None:
+        suffix = path.suffix.lower().lstrip(".")
+        formats = [suffix] if suffix else list(FORMATS)
+    formats = [f.lower().lstrip(".") for f in formats]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ValueError(f"unsupported figure format(s) {bad}; use any of {list(FORMATS)}.")
+    stem = path.with_suffix("") if path.suffix.lower().lstrip(".") in FORMATS else path
+    written = []
+    for f in formats:
+        target = stem.with_suffix(f".{f}")
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, format=f, dpi=dpi, bbox_inches="tight")
+        written.append(target)
+    side = stem.with_suffix(".json")
+    atomic_write_text(side, json.dumps({"params": _jsonable(params or {}), "versions": versions(),
+                                        "files": [p.name for p in written]}, indent=2))
+    written.append(side)
+    return written
