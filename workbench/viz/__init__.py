@@ -18,9 +18,9 @@ _EXPORTS = {
     "draw_contours": "workbench.viz.overlays",
     # attribution and evaluation figures (issue 5)
     "attribution_grid": "workbench.viz.attribution",
-    "budget_bars": "workbench.viz.attribution",
-    "deletion_curves": "workbench.viz.attribution",
-    "audit_figure": "workbench.viz.attribution",
+    "budget_bars": "workbench.viz.evaluation",
+    "deletion_curves": "workbench.viz.evaluation",
+    "audit_figure": "workbench.viz.evaluation",
     # training
     "training_curves": "workbench.viz.training",
 }
