@@ -1,0 +1,29 @@
+"""Datasets, sources and transforms (see DESIGN.md, "Data model").
+
+    >>> from workbench import data
+    >>> ds = data.load("phantom", n=64, size=64)                          # doctest: +SKIP
+    >>> ds = data.load("medmnist:breastmnist", split="test")              # doctest: +SKIP
+    >>> ds = data.load(data.shared_data_path() / "cxr_anatomy", label_column="finding")  # doctest: +SKIP
+    >>> batch = ds.batch(range(16))   # image (16, C, H, W), masks {name: (16, H, W)}, mask_present
+
+``workbench.data.phantom`` (the built-in anatomical phantom) is imported lazily.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from workbench.data import transforms
+from workbench.data._base import TASKS, ArrayDataset, BaseDataset, collate, label_map, to_numpy_image
+from workbench.data._paths import default_data_dir, shared_data_path
+from workbench.data.sources import load
+from workbench.data.transforms import resize_images, resize_masks
+
+__all__ = ["load", "ArrayDataset", "BaseDataset", "collate", "label_map", "to_numpy_image", "TASKS",
+           "shared_data_path", "default_data_dir", "transforms", "resize_images", "resize_masks", "phantom"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "phantom":
+        return importlib.import_module("workbench.data.phantom")
+    raise AttributeError(f"module 'workbench.data' has no attribute {name!r}")
