@@ -439,3 +439,33 @@ def test_bad_options(tmp_path):
         load("medmnist:breastmnist", label_column="finding")
     with pytest.raises(ValueError, match="channels must be 1, 3"):
         load(path, channels=2)
+
+
+def _write_dicom(path, pixels, photometric="MONOCHROME2"):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+
+
+def test_folder_reads_dicom_with_photometric_inversion(tmp_path):
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    ramp = np.tile(np.linspace(0, 4095, 16), (16, 1))
+    _write_dicom(root / "images" / "a.dcm", ramp)
+    _write_dicom(root / "images" / "b.dcm", ramp, photometric="MONOCHROME1")
+    ds = load(root)
+    a, b = ds[0]["image"][0], ds[1]["image"][0]
+    assert a.shape == (16, 16) and float(a[0, 0]) == 0.0 and float(a[0, -1]) == pytest.approx(1.0)
+    assert torch.allclose(a, 1.0 - b)  # MONOCHROME1 is inverted so bone is bright in both
