@@ -99,3 +99,14 @@ def test_save_figure_writes_all_formats_and_sidecar(tmp_path):
     assert side["params"] == {"k": 4, "t": [1, 2]} and "torch" in side["versions"]
     with pytest.raises(ValueError, match="unsupported figure format"):
         save_figure(fig, tmp_path / "fig.bmp")
+
+
+def test_atomic_write_uses_umask_mode(tmp_path):
+    import os
+    import stat
+
+    target = tmp_path / "y.txt"
+    atomic_write_text(target, "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask

@@ -12,10 +12,10 @@ PALETTE: tuple[str, ...] = (
 # Fixed colours for named structures so every figure agrees (others cycle through PALETTE).
 STRUCTURE_COLOURS: dict[str, str] = {
     "body": "#BBBBBB", "left_lung": "#4477AA", "right_lung": "#66CCEE", "heart": "#EE6677",
-    "mediastinum": "#AA3377", "cardiomediastinum": "#AA3377", "diaphragm": "#CCBB44",
-    "bones": "#DDDDDD", "airways": "#228833", "nodule": "#EE7733", "effusion": "#0077BB",
-    "cardiomegaly": "#CC3311", "pneumothorax": "#33BBEE", "consolidation": "#EE3377",
-    "device": "#009988", "marker": "#FFDD44",
+    "mediastinum": "#AA3377", "cardiomediastinum": "#AA3377", "diaphragm": "#117733",
+    "bones": "#DDDDDD", "airways": "#44AA99", "nodule": "#EE7733", "effusion": "#332288",
+    "cardiomegaly": "#CC3311", "pneumothorax": "#999933", "consolidation": "#EE3377",
+    "device": "#009988", "marker": "#DDCC77",
 }
 
 
