@@ -1,0 +1,316 @@
+"""Attribution verb, registry and methods: invariants on tiny models (seconds on a CPU)."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+import workbench.attribution as A
+from workbench.attribution import METHODS, Attribution, attribute, normalise, register_method
+from workbench.capture import hook_count
+
+VIT_ONLY = {"attention_rollout", "chefer"}
+CNN_ONLY = {"deeplift"}
+FAST = {  # small settings so every method runs in well under a second here
+    "integrated_gradients": {"n_steps": 8},
+    "smoothgrad": {"nt_samples": 3},
+    "gradient_shap": {"n_samples": 4},
+    "shap_gradient": {"n_samples": 4},
+    "shap_partition": {"max_evals": 40},
+    "feature_ablation": {"n_segments": 16},
+    "occlusion": {"window": 8, "stride": 8},
+}
+
+
+def _cnn(c: int = 1, k: int = 3) -> nn.Module:
+    """A narrow timm ResNet (BasicBlock, one block per stage, widths 8-64): ResNet-18's layout."""
+    from timm.models.resnet import BasicBlock, ResNet
+
+    return ResNet(BasicBlock, [1, 1, 1, 1], num_classes=k, in_chans=c, channels=(8, 16, 32, 64), stem_width=8)
+
+
+def _vit(c: int = 1, size: int = 32, k: int = 3) -> nn.Module:
+    return timm.create_model("vit_tiny_patch16_224", num_classes=k, in_chans=c, img_size=size, patch_size=8,
+                             depth=2, embed_dim=48, num_heads=3, pretrained=False)
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    return {k: f(c).eval() for k, f, c in [(("cnn", 1), _cnn, 1), (("cnn", 3), _cnn, 3),
+                                             (("vit", 1), _vit, 1), (("vit", 3), _vit, 3)]}
+
+
+def _state(m: nn.Module) -> dict:
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("method", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("shap") else n
+                                    for n in METHODS.names()])  # shap: ~10 s import + ~40 s numba JIT
+def test_every_method_shape_finite_no_hooks(models, method, channels):
+    arch = "vit" if method in VIT_ONLY else "cnn"
+    archs = [arch] if method in VIT_ONLY | CNN_ONLY else ["cnn", "vit"]
+    for arch in archs:
+        m = models[(arch, channels)]
+        before = _state(m)
+        x = torch.rand(2, channels, 32, 32)
+        x0 = x.clone()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            a = attribute(m, x, method=method, **FAST.get(method, {}))
+        assert isinstance(a, Attribution) and a.method == method
+        assert a.maps.shape == (2, 32, 32) and a.maps.dtype == torch.float32
+        assert torch.isfinite(a.maps).all()
+        assert a.target.shape == (2,) and a.target.dtype == torch.long
+        if a.raw is not None:
+            assert a.raw.shape == x.shape
+        assert hook_count(m) == 0
+        assert torch.equal(x, x0)  # inputs untouched
+        assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+        assert all(p.grad is None for p in m.parameters())
+
+
+def test_integrated_gradients_completeness(models):
+    m = models[("cnn", 1)]
+    x = torch.rand(3, 1, 32, 32)
+    a = attribute(m, x, target=1, method="integrated_gradients", n_steps=64)
+    with torch.no_grad():
+        gap = m(x)[:, 1] - m(torch.zeros_like(x))[:, 1]
+    total = a.raw.sum((1, 2, 3))
+    assert torch.allclose(total, gap, atol=1e-3 + 1e-2 * gap.abs().max().item())
+    assert a.params["delta"].shape == (3,)
+    assert torch.allclose(a.params["delta"].abs(), (total - gap).abs(), atol=1e-4)
+
+
+def test_saliency_equals_autograd(models):
+    m = models[("vit", 3)]
+    x = torch.rand(2, 3, 32, 32)
+    a = attribute(m, x, target=torch.tensor([0, 2]), method="saliency", abs=False)
+    xr = x.clone().requires_grad_(True)
+    out = m(xr)
+    (g,) = torch.autograd.grad(out[0, 0] + out[1, 2], xr)
+    assert torch.allclose(a.raw, g, atol=1e-6)
+    assert torch.allclose(a.maps, g.sum(1), atol=1e-6)
+
+
+def test_gradcam_default_layer_adapts_to_size():
+    cnn = timm.create_model("resnet18", num_classes=2, in_chans=1, pretrained=False)
+    assert A.default_cam_layer(cnn, (224, 224)) == "layer4"  # 7x7
+    assert A.default_cam_layer(cnn, (64, 64)) == "layer2"  # 8x8, not layer4's 2x2
+    assert A.default_cam_layer(cnn, (16, 16)) == "act1"  # nothing reaches 7 px: the finest stage
+    assert A.default_cam_layer(_vit(1), (32, 32)) == "blocks.1.norm1"
+    a = attribute(_cnn(1), torch.rand(1, 1, 64, 64), method="gradcam")
+    assert a.params["layer"] == "layer2" and a.params["cam_size"] == (8, 8)
+    assert (a.maps >= 0).all()
+
+
+def test_gradcam_probe_without_feature_info():
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4), nn.Conv2d(4, 4, 3, padding=1),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    assert A.default_cam_layer(net, (32, 32)) == "4"  # last 4-D output at least 7 px (8x8)
+    assert hook_count(net) == 0
+
+
+def test_coarse_gradcam_warns(models):
+    with pytest.warns(UserWarning, match="coarser"):
+        attribute(_cnn(1), torch.rand(1, 1, 64, 64), method="gradcam", layer="layer4")
+
+
+def test_target_changes_map(models):
+    m = models[("cnn", 1)]
+    x = torch.rand(1, 1, 32, 32)
+    a0 = attribute(m, x, target=0, method="input_x_gradient")
+    a1 = attribute(m, x, target=1, method="input_x_gradient")
+    assert not torch.allclose(a0.maps, a1.maps)
+    with torch.no_grad():
+        pred = m(x).argmax(1)
+    assert torch.equal(attribute(m, x, method="integrated_gradients", n_steps=4).target, pred)
+    assert torch.equal(attribute(m, x, method="saliency").target, pred)
+
+
+def test_bad_inputs(models):
+    m = models[("cnn", 1)]
+    x = torch.rand(2, 1, 32, 32)
+    with pytest.raises(ValueError, match="valid attribution methods are: .*integrated_gradients"):
+        attribute(m, x, method="lime")
+    with pytest.raises(ValueError, match="model has 3 outputs"):
+        attribute(m, x, target=3, method="saliency")
+    with pytest.raises(ValueError, match="model has 3 outputs"):
+        attribute(m, x, target=[0, -1], method="integrated_gradients")
+    with pytest.raises(ValueError, match="one class per image"):
+        attribute(m, x, target=[0, 1, 2], method="saliency")
+    with pytest.raises(TypeError, match="integer class"):
+        attribute(m, x, target=torch.tensor([0.5, 1.0]), method="saliency")
+    with pytest.raises(TypeError, match="n_step"):
+        attribute(m, x, method="integrated_gradients", n_step=8)
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        attribute(m, torch.rand(32, 32), method="saliency")
+    with pytest.raises(ValueError, match="meta"):
+        attribute(m, torch.empty(2, 1, 32, 32, device="meta"), method="saliency")
+    with pytest.raises(ValueError, match="vision transformer"):
+        attribute(m, x, method="attention_rollout")
+    with pytest.raises(ValueError, match="DeepLift has no rule"):
+        attribute(models[("vit", 1)], x, method="deeplift")
+    assert hook_count(m) == 0
+
+
+def test_deeplift_on_resnet_sums_to_delta(models):
+    m = models[("cnn", 1)]
+    x = torch.rand(2, 1, 32, 32)
+    a = attribute(m, x, target=0, method="deeplift")
+    with torch.no_grad():
+        gap = m(x)[:, 0] - m(torch.zeros_like(x))[:, 0]
+    assert torch.allclose(a.raw.sum((1, 2, 3)), gap, atol=1e-3 + 1e-3 * gap.abs().max().item())
+    assert any(getattr(mod, "inplace", False) for mod in m.modules())  # the caller's model keeps inplace ReLUs
+
+
+def test_train_mode_restored(models):
+    m = _cnn(1)
+    m.train()
+    m.layer1.eval()  # mixed modes come back exactly
+    modes = {n: mod.training for n, mod in m.named_modules()}
+    for method in ("saliency", "gradcam", "integrated_gradients"):
+        attribute(m, torch.rand(2, 1, 32, 32), method=method, **FAST.get(method, {}))
+        assert {n: mod.training for n, mod in m.named_modules()} == modes
+
+
+class _Boom(nn.Module):
+    """A CNN whose forward fails after its first layers ran (hooks are in place by then)."""
+
+    num_classes = 2
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.act = nn.ReLU()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.act(self.conv(x))
+        raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("method", ["gradcam", "saliency", "integrated_gradients", "deeplift", "occlusion",
+                                    "smoothgrad", "gradient_shap"])
+def test_no_hook_after_exception(method):
+    m = _Boom().train()
+    with pytest.raises(RuntimeError, match="boom"):
+        attribute(m, torch.rand(2, 1, 16, 16), target=0, method=method,
+                  **({"layer": "conv"} if method == "gradcam" else FAST.get(method, {})))
+    assert hook_count(m) == 0
+    assert m.training and m.conv.training
+
+
+def test_dtypes_and_devices(models):
+    m = models[("cnn", 1)]
+    x = torch.rand(2, 1, 32, 32)
+    ref = attribute(m, x, target=0, method="saliency")
+    a64 = attribute(m, x.double(), target=0, method="saliency")
+    assert a64.maps.dtype == torch.float32 and torch.allclose(a64.maps, ref.maps, atol=1e-5)
+    u8 = (x * 255).round().to(torch.uint8)
+    a8 = attribute(m, u8, target=0, method="saliency")
+    assert torch.allclose(a8.maps, attribute(m, u8.float() / 255, target=0, method="saliency").maps)
+    one = attribute(m, x[0], target=0, method="saliency")  # (C, H, W) -> (1, H, W)
+    assert one.maps.shape == (1, 32, 32)
+    cpu = attribute(m, x, target=0, method="saliency", device="cpu")
+    assert torch.allclose(cpu.maps, ref.maps)
+    if not torch.cuda.is_available():
+        pytest.skip("no second device here: images-on-another-device path needs CUDA")
+    xc = x.cuda()  # pragma: no cover - GPU machines
+    a = attribute(m, xc, target=0, method="saliency")  # model on CPU, images on GPU
+    assert a.maps.device == xc.device and next(m.parameters()).device.type == "cpu"
+
+
+def test_internal_batch_size_same_result(models):
+    m = models[("cnn", 1)]
+    x = torch.rand(3, 1, 32, 32)
+    for method, kw in [("saliency", {}), ("integrated_gradients", {"n_steps": 4}),
+                       ("occlusion", {"window": 16, "stride": 16})]:
+        full = attribute(m, x, method=method, **kw)
+        small = attribute(m, x, method=method, internal_batch_size=2, **kw)
+        assert torch.allclose(full.maps, small.maps, atol=1e-5), method
+        assert torch.equal(full.target, small.target)
+
+
+class _Const(nn.Module):
+    num_classes = 2
+
+    def __init__(self):
+        super().__init__()
+        self.b = nn.Parameter(torch.tensor([0.3, -0.2]))
+
+    def forward(self, x):
+        return self.b.expand(x.shape[0], 2) + 0 * x.sum((1, 2, 3))[:, None]
+
+
+def test_all_zero_maps_are_defined():
+    m = _Const()
+    x = torch.rand(2, 1, 16, 16)
+    for method in ("saliency", "integrated_gradients", "occlusion"):
+        a = attribute(m, x, method=method, **FAST.get(method, {}))
+        assert torch.count_nonzero(a.maps) == 0
+        for mode in ("maxabs", "minmax", "positive", "sum"):
+            n = normalise(a, mode)
+            assert torch.isfinite(n).all() and torch.count_nonzero(n) == 0
+        a.plot()
+
+
+def test_normalise_modes():
+    m = torch.tensor([[[-2.0, 1.0], [0.0, 1.0]]])
+    assert torch.allclose(normalise(m), m / 2)
+    assert normalise(m, "minmax").min() == 0 and normalise(m, "minmax").max() == 1
+    assert (normalise(m, "positive") >= 0).all()
+    assert torch.isclose(normalise(m, "sum").abs().sum(), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="mode"):
+        normalise(m, "zscore")
+
+
+def test_register_method_adds_and_rejects_duplicates(models):
+    @register_method("_test_sign")
+    def _sign(model, images, target):
+        return torch.sign(images - 0.5)
+
+    try:
+        a = attribute(models[("cnn", 1)], torch.rand(2, 1, 32, 32), target=1, method="_test_sign")
+        assert a.raw is not None and a.maps.shape == (2, 32, 32)
+        with pytest.raises(ValueError, match="already registered"):
+            register_method("_test_sign")(_sign)
+    finally:
+        METHODS._items.pop("_test_sign", None)
+
+
+def test_slic_segments_and_window():
+    seg = A.slic_segments(torch.rand(2, 1, 64, 64), n_segments=20)
+    assert seg.shape == (2, 1, 64, 64) and seg.min() == 0 and 5 <= int(seg.max()) + 1 <= 60
+    assert A.default_window(64, 64) == (8, 8) and A.default_window(224, 224) == (28, 28)
+
+
+def test_attribution_grid_figure(models):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from workbench.viz.attribution import attribution_grid
+
+    m = models[("cnn", 1)]
+    x = torch.rand(3, 1, 32, 32)
+    masks = {"left_lung": torch.zeros(3, 32, 32, dtype=torch.bool), "heart": torch.zeros(3, 32, 32, dtype=torch.bool)}
+    masks["left_lung"][:, 4:20, 4:14] = True
+    masks["heart"][:, 16:28, 14:26] = True
+    attrs = [attribute(m, x, method=k, **FAST.get(k, {})) for k in ("saliency", "integrated_gradients", "gradcam")]
+    fig = attribution_grid(x, attrs, masks=masks, indices=[0, 2])
+    axes = fig.get_axes()
+    assert len(axes) == 6
+    assert axes[0].get_ylabel() == "saliency" and len(axes[0].lines) >= 2
+    fig2 = attribution_grid({"image": x, "masks": masks}, {a.method: a for a in attrs}, normalise=False, legend=False)
+    assert len(fig2.get_axes()) == 9
+    with pytest.raises(ValueError, match="images are"):
+        attribution_grid(x[:2], attrs)
+    ax = attrs[0].plot(1, image=x)
+    assert ax.get_title().startswith("saliency")
+    import matplotlib.pyplot as plt
+
+    plt.close("all")

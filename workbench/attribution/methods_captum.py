@@ -1,0 +1,283 @@
+"""Gradient and perturbation methods (captum where it adds something, plain autograd otherwise).
+
+Maps: gradient methods sum ``raw`` over channels (signed); perturbation methods (occlusion,
+feature ablation) give every channel the same value and their map is the channel mean.
+All methods explain the logit of ``target`` (not the softmax probability).
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._core import MethodOutput, image_chunks, register_method, select_target
+
+
+def _grad(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None):
+    x = images.detach().clone().requires_grad_(True)
+    logits = model(x)
+    t = select_target(logits, target)
+    (g,) = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), x)
+    return x.detach(), g, t
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device):
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    r = max(1, int(3 * sigma))
+    k = torch.exp(-torch.arange(-r, r + 1, device=images.device, dtype=images.dtype) ** 2 / (2 * sigma ** 2))
+    k = (k / k.sum())
+    c = images.shape[1]
+    x = F.pad(images, (r, r, r, r), mode="replicate")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def baseline_like(images: torch.Tensor, baseline: Any = 0.0) -> torch.Tensor:
+    """A reference input: a number (constant image), ``"blur"`` (Gaussian, sigma = H/16),
+    ``"mean"`` (per-image channel mean), or a tensor broadcastable to ``images``."""
+    if isinstance(baseline, (int, float)):
+        return torch.full_like(images, float(baseline))
+    if isinstance(baseline, str):
+        if baseline == "blur":
+            return _blur(images, max(1.0, images.shape[-2] / 16))
+        if baseline == "mean":
+            return images.mean((2, 3), keepdim=True).expand_as(images).contiguous()
+        raise ValueError(f"baseline {baseline!r} is not a number, 'blur', 'mean' or a tensor.")
+    if isinstance(baseline, torch.Tensor):
+        return baseline.to(images).expand_as(images).contiguous()
+    raise TypeError(f"baseline must be a number, 'blur', 'mean' or a tensor, got {type(baseline).__name__}.")
+
+
+@register_method("saliency", own_target=True)
+def saliency(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None, *, abs: bool = True) -> MethodOutput:
+    """Gradient of the target logit w.r.t. the input (Simonyan et al. 2014).
+
+    ``raw`` = |d logit / d x| (``abs=True``, captum's ``Saliency`` default) or the signed gradient;
+    map = sum over channels. One forward + backward per image.
+    """
+    _, g, t = _grad(model, images, target)
+    return MethodOutput(raw=g.abs() if abs else g, target=t, params={"abs": abs})
+
+
+@register_method("input_x_gradient", own_target=True)
+def input_x_gradient(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None) -> MethodOutput:
+    """Input times gradient (signed); map = sum over channels. One forward + backward."""
+    x, g, t = _grad(model, images, target)
+    return MethodOutput(raw=x * g, target=t)
+
+
+@register_method("integrated_gradients", chunk=False)
+def integrated_gradients(model: nn.Module, images: torch.Tensor, target: torch.Tensor, *, n_steps: int = 32,
+                         baseline: Any = 0.0, integration: str = "gausslegendre",
+                         internal_batch_size: int | None = None) -> MethodOutput:
+    """Integrated gradients (Sundararajan et al. 2017) via captum.
+
+    Baseline: zeros by default (black image, the natural "no signal" of radiographs in [0, 1]);
+    ``"blur"``, ``"mean"``, a number or a tensor also work. ``params["delta"]`` ``(B,)`` is
+    captum's completeness error ``sum(raw) - (f(x) - f(baseline))`` for the target logit; it
+    shrinks with ``n_steps``. Cost: ``n_steps`` forward+backward per image plus two forwards.
+    Map = sum over channels (signed).
+    """
+    from captum.attr import IntegratedGradients
+
+    base = baseline_like(images, baseline)
+    ig = IntegratedGradients(model)
+    attrs, deltas = [], []
+    for sl in image_chunks(images.shape[0], 1, internal_batch_size):  # captum needs ibs >= images
+        a, d = ig.attribute(images[sl], baselines=base[sl], target=target[sl], n_steps=int(n_steps),
+                            method=integration, internal_batch_size=internal_batch_size,
+                            return_convergence_delta=True)
+        attrs.append(a)
+        deltas.append(d.detach())
+    attr, delta = torch.cat(attrs), torch.cat(deltas)
+    return MethodOutput(raw=attr, params={"delta": delta, "n_steps": int(n_steps),
+                                          "baseline": baseline if not isinstance(baseline, torch.Tensor) else "tensor"})
+
+
+@register_method("smoothgrad", chunk=False)
+def smoothgrad(model: nn.Module, images: torch.Tensor, target: torch.Tensor, *, nt_samples: int = 16,
+               stdevs: float = 0.15, base: str = "saliency", n_steps: int = 16, seed: int | None = 0,
+               internal_batch_size: int | None = None) -> MethodOutput:
+    """SmoothGrad (Smilkov et al. 2017): captum ``NoiseTunnel`` over saliency or IG.
+
+    ``stdevs`` is relative to the batch's input range (0.15 x (max - min)), as in the paper.
+    ``base="saliency"`` averages |gradient|; ``base="integrated_gradients"`` averages IG with
+    ``n_steps``. Seeded (``seed``) without touching the global RNG. Map = sum over channels.
+    """
+    from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
+
+    span = float(images.amax() - images.amin()) or 1.0
+    b = images.shape[0]
+    per = 1 if base == "saliency" else int(n_steps)
+    nsb = None if internal_batch_size is None else max(1, internal_batch_size // (b * per))
+    if base == "saliency":
+        inner, extra = Saliency(model), {"abs": True}
+    elif base == "integrated_gradients":
+        inner, extra = IntegratedGradients(model), {"n_steps": int(n_steps)}
+    else:
+        raise ValueError(f"base {base!r} is not 'saliency' or 'integrated_gradients'.")
+    with _seeded(seed, images.device):
+        attr = NoiseTunnel(inner).attribute(images, nt_type="smoothgrad", nt_samples=int(nt_samples),
+                                            nt_samples_batch_size=nsb, stdevs=stdevs * span, target=target, **extra)
+    return MethodOutput(raw=attr, params={"stdevs_abs": stdevs * span})
+
+
+@register_method("gradient_shap", chunk=False)
+def gradient_shap(model: nn.Module, images: torch.Tensor, target: torch.Tensor, *, n_samples: int = 16,
+                  baselines: Any = "zeros+blur", stdevs: float = 0.0, seed: int | None = 0,
+                  internal_batch_size: int | None = None) -> MethodOutput:
+    """GradientSHAP (captum): expected gradients over random points between x and baselines.
+
+    ``baselines="zeros+blur"`` (default) draws from {black image} U {each image of the batch
+    blurred with sigma = H/8}, a distribution of "anatomy without detail"; ``"zeros"`` or a
+    ``(N, C, H, W)`` tensor also work. Cost: ``n_samples`` forward+backward per image.
+    """
+    from captum.attr import GradientShap
+
+    if isinstance(baselines, str):
+        parts = []
+        for p in baselines.split("+"):
+            if p == "zeros":
+                parts.append(torch.zeros_like(images[:1]))
+            elif p == "blur":
+                parts.append(_blur(images, max(1.0, images.shape[-2] / 8)))
+            elif p == "uniform":
+                parts.append(torch.rand_like(images))
+            else:
+                raise ValueError(f"baselines part {p!r} is not 'zeros', 'blur' or 'uniform'.")
+        bl = torch.cat(parts)
+    elif isinstance(baselines, torch.Tensor):
+        bl = baselines.to(images)
+    else:
+        raise TypeError(f"baselines must be a string or a tensor, got {type(baselines).__name__}.")
+    outs = []
+    with _seeded(seed, images.device):
+        gs = GradientShap(model)
+        for sl in image_chunks(images.shape[0], n_samples, internal_batch_size):
+            outs.append(gs.attribute(images[sl], baselines=bl, target=target[sl], n_samples=int(n_samples), stdevs=stdevs))
+    return MethodOutput(raw=torch.cat(outs), params={"n_baselines": int(bl.shape[0])})
+
+
+_INEXACT = (nn.GELU, nn.LayerNorm, nn.MultiheadAttention, nn.SiLU, nn.Hardswish)
+
+
+@register_method("deeplift")
+def deeplift(model: nn.Module, images: torch.Tensor, target: torch.Tensor, *, baseline: Any = 0.0,
+             allow_inexact: bool = False) -> MethodOutput:
+    """DeepLIFT rescale rule (captum ``DeepLift``); map = sum over channels.
+
+    Exact only for networks of ReLU-like nonlinearities, pooling and linear layers (CNNs such as
+    ResNet). Transformers (GELU, LayerNorm, softmax attention computed functionally) get no
+    DeepLIFT rule in captum, so the result is a gradient-times-delta mix: this raises
+    ``ValueError`` unless ``allow_inexact=True`` (then warns). The model is copied with in-place
+    activations turned off (captum's hooks need that); the caller's model is not touched.
+    ``params["delta"]`` is the summation-to-delta error.
+    """
+    from captum.attr import DeepLift
+
+    bad = sorted({type(m).__name__ for m in model.modules()
+                  if isinstance(m, _INEXACT) or type(m).__name__ == "Attention"})
+    if bad:
+        msg = (f"DeepLift has no rule for {bad} in this model, so its result is not a DeepLIFT attribution; "
+               "use 'integrated_gradients' or 'gradient_shap' for transformers")
+        if not allow_inexact:
+            raise ValueError(msg + ", or pass allow_inexact=True to run it anyway.")
+        warnings.warn(msg + ".", stacklevel=3)
+    work = model
+    if any(getattr(m, "inplace", False) for m in model.modules()):
+        import copy
+
+        work = copy.deepcopy(model)
+        for m in work.modules():
+            if getattr(m, "inplace", False):
+                m.inplace = False
+    with warnings.catch_warnings():  # captum's notices about its own (temporary) hooks
+        warnings.filterwarnings("ignore", message=".*(hooks|require gradients).*")
+        attr, delta = DeepLift(work).attribute(images, baselines=baseline_like(images, baseline), target=target,
+                                               return_convergence_delta=True)
+    return MethodOutput(raw=attr, params={"delta": delta.detach()})
+
+
+def default_window(h: int, w: int) -> tuple[int, int]:
+    """Occlusion window: 1/8 of the side (8 px at 64 px, 28 px at 224 px), at least 2."""
+    return max(2, round(h / 8)), max(2, round(w / 8))
+
+
+@register_method("occlusion", chunk=False)
+def occlusion(model: nn.Module, images: torch.Tensor, target: torch.Tensor, *, window: int | tuple[int, int] | None = None,
+              stride: int | tuple[int, int] | None = None, baseline: float = 0.0,
+              internal_batch_size: int | None = None) -> MethodOutput:
+    """Occlusion (Zeiler & Fergus) via captum: logit drop when a window is set to ``baseline``.
+
+    Defaults adapt to the input: window = H/8 x W/8 (:func:`default_window`) over all channels,
+    stride = half the window. Map = channel mean (all channels share the value).
+    ``internal_batch_size`` images per forward (default 64).
+    """
+    from captum.attr import Occlusion
+
+    b, c, h, w = images.shape
+    win = default_window(h, w) if window is None else ((window, window) if isinstance(window, int) else tuple(window))
+    st = (max(1, win[0] // 2), max(1, win[1] // 2)) if stride is None else (
+        (stride, stride) if isinstance(stride, int) else tuple(stride))
+    ppe = max(1, (internal_batch_size or 64) // b)
+    attr = Occlusion(model).attribute(images, sliding_window_shapes=(c, *win), strides=(c, *st),
+                                      baselines=baseline, target=target, perturbations_per_eval=ppe)
+    return MethodOutput(raw=attr, maps=attr.mean(1), params={"window": tuple(win), "stride": tuple(st)})
+
+
+def slic_segments(images: torch.Tensor, n_segments: int | None = None) -> torch.Tensor:
+    """SLIC-zero superpixels per image (scikit-image), ``(B, 1, H, W)`` long labels from 0.
+
+    ``n_segments`` defaults to H*W/64 (8x8 px cells) clipped to [16, 200].
+    """
+    import numpy as np
+    from skimage.segmentation import slic
+
+    b, c, h, w = images.shape
+    n = int(n_segments) if n_segments else int(min(200, max(16, h * w // 64)))
+    arr = images.detach().float().cpu().numpy()
+    out = np.zeros((b, 1, h, w), dtype=np.int64)
+    for i in range(b):
+        img = arr[i, 0] if c == 1 else arr[i].transpose(1, 2, 0)
+        seg = slic(img.astype(np.float64), n_segments=n, slic_zero=True, start_label=0,
+                   channel_axis=None if c == 1 else -1, convert2lab=False)
+        out[i, 0] = np.unique(seg, return_inverse=True)[1].reshape(h, w)
+    return torch.from_numpy(out)
+
+
+@register_method("feature_ablation", chunk=False)
+def feature_ablation(model: nn.Module, images: torch.Tensor, target: torch.Tensor, *, n_segments: int | None = None,
+                     segments: torch.Tensor | None = None, baseline: float = 0.0,
+                     internal_batch_size: int | None = None) -> MethodOutput:
+    """Feature ablation on SLIC superpixels (captum ``FeatureAblation``).
+
+    Each superpixel (all channels) is set to ``baseline``; its value is the target-logit drop.
+    ``segments`` ``(B, 1, H, W)`` / ``(B, H, W)`` overrides SLIC (:func:`slic_segments`).
+    Map = channel mean. ``params["n_features"]`` is the largest superpixel count.
+    """
+    from captum.attr import FeatureAblation
+
+    b = images.shape[0]
+    seg = slic_segments(images, n_segments) if segments is None else torch.as_tensor(segments).long()
+    if seg.ndim == 3:
+        seg = seg[:, None]
+    seg = seg.to(images.device)
+    ppe = max(1, (internal_batch_size or 64) // b)
+    attr = FeatureAblation(model).attribute(images, baselines=baseline, target=target,
+                                            feature_mask=seg.expand(-1, images.shape[1], -1, -1),
+                                            perturbations_per_eval=ppe)
+    return MethodOutput(raw=attr, maps=attr.mean(1), params={"n_features": int(seg.max()) + 1})

@@ -1,0 +1,119 @@
+"""SHAP methods: the Partition explainer with an image masker, and GradientExplainer.
+
+Both explain the target *logit*. shap works channel-last in numpy; conversion happens here and
+model calls stay batched on the model's device. Neither touches the caller's model: the
+GradientExplainer gets a thin wrapper that does not register the model as a submodule (shap
+calls ``.eval()`` and ``.zero_grad()`` on what it is given).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._core import MethodOutput, register_method
+from .methods_captum import _blur
+
+
+def _masker(kind: Any, shape: tuple[int, int, int]):
+    import shap
+
+    h, w, _ = shape
+    if not isinstance(kind, str):
+        return kind  # a shap masker object
+    if kind == "blur":
+        kind = f"blur({max(3, h // 2)},{max(3, w // 2)})"
+    return shap.maskers.Image(kind, shape)
+
+
+@register_method("shap_partition", chunk=False)
+def shap_partition(model: nn.Module, images: torch.Tensor, target: torch.Tensor, *, max_evals: int = 500,
+                   masker: Any = "blur", internal_batch_size: int | None = None,
+                   progress: bool = False) -> MethodOutput:
+    """Partition SHAP (Owen values over a pixel hierarchy) with ``shap.maskers.Image``.
+
+    ``masker="blur"`` hides regions by a box blur of half the image side (shap's own image
+    examples use blur(128,128) at 224 px); ``"inpaint_telea"``, ``"inpaint_ns"``, any shap masker
+    string such as ``"blur(9,9)"``, or a masker object also work. 1-channel images are given to
+    shap as 3 identical channels (its OpenCV blur drops a singleton channel axis) and averaged
+    back before the model; ``raw`` is summed back to 1 channel. Cost: ``max_evals`` model
+    evaluations per image, in batches of ``internal_batch_size`` (default 100).
+    """
+    import shap
+
+    b, c, h, w = images.shape
+    dev, dt = images.device, images.dtype
+    one = c == 1
+    shape = (h, w, 3 if one else c)
+    bs = int(internal_batch_size or 100)
+
+    outs = []
+    evals = [0]
+    mk = _masker(masker, shape)  # one masker (and its pixel hierarchy) for the whole batch
+    for i in range(b):
+        ti = int(target[i])
+
+        def f(x: np.ndarray) -> np.ndarray:
+            xt = torch.as_tensor(np.ascontiguousarray(x), dtype=dt, device=dev).permute(0, 3, 1, 2)
+            if one:
+                xt = xt.mean(1, keepdim=True)
+            evals[0] += len(xt)
+            with torch.no_grad():
+                return torch.cat([model(xt[j:j + bs])[:, ti:ti + 1] for j in range(0, len(xt), bs)]).float().cpu().numpy()
+
+        x = images[i:i + 1].permute(0, 2, 3, 1)
+        if one:
+            x = x.expand(-1, -1, -1, 3)
+        x = x.float().cpu().numpy()
+        ex = shap.Explainer(f, mk)
+        sv = ex(x, max_evals=int(max_evals), batch_size=bs, silent=not progress)
+        v = np.asarray(sv.values)[0]
+        v = v.reshape(h, w, shape[2])
+        t = torch.from_numpy(v).permute(2, 0, 1)
+        outs.append(t.sum(0, keepdim=True) if one else t)
+    raw = torch.stack(outs).to(dev)
+    return MethodOutput(raw=raw, params={"max_evals": int(max_evals), "model_evals": evals[0], "masker": masker if isinstance(masker, str) else "custom"})
+
+
+class _TargetLogit(nn.Module):
+    """``model(x)[:, k:k+1]`` without registering ``model`` as a submodule."""
+
+    def __init__(self, model: nn.Module, k: int) -> None:
+        super().__init__()
+        self._fn = [model]
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fn[0](x)[:, self.k:self.k + 1]
+
+
+@register_method("shap_gradient", chunk=False)
+def shap_gradient(model: nn.Module, images: torch.Tensor, target: torch.Tensor, *, background: Any = "zeros+blur",
+                  n_samples: int = 32, seed: int = 0, internal_batch_size: int | None = None) -> MethodOutput:
+    """shap's ``GradientExplainer`` (expected gradients) against a background set.
+
+    ``background="zeros+blur"`` (default) is a black image plus the batch blurred with
+    sigma = H/8; or pass a ``(N, C, H, W)`` tensor (e.g. training images). Images are grouped by
+    target class (one explainer per class). ``n_samples`` gradient evaluations per image.
+    """
+    import shap
+
+    if isinstance(background, str):
+        if background != "zeros+blur":
+            raise ValueError(f"background {background!r} is not 'zeros+blur' or a tensor.")
+        bg = torch.cat([torch.zeros_like(images[:1]), _blur(images, max(1.0, images.shape[-2] / 8))])
+    else:
+        bg = torch.as_tensor(background).to(images)
+    raw = torch.zeros_like(images, dtype=torch.float32)
+    bs = int(internal_batch_size or 50)
+    for k in target.unique().tolist():
+        idx = (target == k).nonzero().flatten()
+        ex = shap.GradientExplainer(_TargetLogit(model, int(k)), bg, batch_size=bs)
+        sv = ex.shap_values(images[idx], nsamples=int(n_samples), rseed=seed)
+        sv = np.asarray(sv[0] if isinstance(sv, list) else sv)
+        if sv.ndim == 5:
+            sv = sv[..., 0]
+        raw[idx] = torch.from_numpy(sv).float().to(images.device)
+    return MethodOutput(raw=raw, params={"n_background": int(bg.shape[0])})
