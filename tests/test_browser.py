@@ -1,0 +1,131 @@
+"""Real-browser test: JupyterLab + Debian's Chromium driven by Playwright (Python, sync API).
+
+Opens notebooks/01_attention_communities.ipynb, runs all cells, waits for the explorer widget,
+clicks "next image" and checks that the overlay image changed; saves screenshots to
+outputs/browser/ (git-ignored) for a human to look at.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+NOTEBOOK = "01_attention_communities.ipynb"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """A JupyterLab server on localhost serving a temporary copy of notebooks/; yields (url, root)."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}; install Debian's chromium (apt-get install chromium) to run this test.")
+    pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed: pip install playwright")
+    pytest.importorskip("jupyterlab", reason="jupyterlab is not installed")
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    shutil.copy(ROOT / "notebooks" / NOTEBOOK, root / NOTEBOOK)
+    # this test checks the UI, not the training: shrink the notebook's parameters in the copy
+    nb = root / NOTEBOOK
+    nb.write_text(nb.read_text().replace("N_TRAIN, N_TEST = 256, 64", "N_TRAIN, N_TEST = 64, 32")
+                  .replace("EPOCHS = 2", "EPOCHS = 1"))
+    settings = tmp_path / "settings"
+    (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
+    (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    port, token = _free_port(), "wbtest"
+    env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"),
+               JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    log = open(tmp_path / "lab.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip", "127.0.0.1",
+                             "--port", str(port), f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+                             "--ServerApp.open_browser=False"]
+                            + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []), env=env, stdout=log, stderr=subprocess.STDOUT,
+                            cwd=root)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=5).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"JupyterLab did not start: {(tmp_path / 'lab.log').read_text()[-2000:]}")
+                time.sleep(1)
+        yield f"{base}/lab/tree/{NOTEBOOK}?token={token}", root
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_explorer_in_jupyterlab(lab, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, _ = lab
+    shots = ROOT / "outputs" / "browser"
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(url)
+            page.wait_for_selector(".jp-NotebookPanel .jp-Notebook", timeout=120_000)
+            # a "Select Kernel" dialog may appear: accept the proposed kernel (python3 from this venv)
+            try:
+                page.locator(".jp-Dialog .jp-mod-accept").first.click(timeout=20_000)
+            except Exception:  # no dialog: the kernel started by itself
+                pass
+            page.wait_for_function("() => (document.querySelector('#jp-main-statusbar') || document.body)"
+                                   ".innerText.includes('Idle')", timeout=120_000)
+            page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+            page.locator('.lm-Menu-item[data-command="runmenu:run-all"], '
+                         '.lm-Menu-item[data-command="notebook:run-all-cells"]').first.click()
+            explorer = page.locator(".wb-explorer")
+            explorer.wait_for(state="visible", timeout=540_000)
+            img = page.locator(".wb-explorer img.wb-overlay, .wb-explorer .wb-overlay").first
+            img.wait_for(state="visible", timeout=60_000)
+            page.wait_for_function("(el) => el.getAttribute('src') && el.naturalWidth > 0", arg=img.element_handle(),
+                                   timeout=60_000)
+            explorer.scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "explorer_before.png"), full_page=False)
+            before = img.get_attribute("src")
+            page.locator(".wb-explorer .wb-next").first.click()
+            page.wait_for_function("([el, old]) => el.getAttribute('src') !== old && el.naturalWidth > 0",
+                                   arg=[img.element_handle(), before], timeout=60_000)
+            after = img.get_attribute("src")
+            assert after != before
+            page.screenshot(path=str(shots / "explorer_after.png"), full_page=False)
+            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'] .ansi-red-fg, "
+                                  ".jp-RenderedText[data-mime-type='application/vnd.jupyter.error']")
+            assert errors.count() == 0, errors.first.inner_text()
+        except Exception:
+            page.screenshot(path=str(shots / "explorer_failure.png"), full_page=True)
+            outs = page.locator(".jp-OutputArea-output")
+            texts = [outs.nth(i).inner_text()[:500] for i in range(outs.count())]
+            raise AssertionError(f"browser test failed; screenshot in {shots}; cell outputs: {texts}")
+        finally:
+            browser.close()
