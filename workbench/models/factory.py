@@ -1,0 +1,168 @@
+"""One factory over timm: short names for the models the workbench is tested with, any timm name
+otherwise, at any image size and channel count. The full configuration is stored on the model
+(``model.workbench_config``) so that ``workbench.models.save``/``load`` rebuild it with one call.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Sequence
+
+import torch
+
+# short name -> timm architecture
+SHORT_NAMES: dict[str, str] = {
+    "vit_tiny": "vit_tiny_patch16_224",
+    "vit_small": "vit_small_patch16_224",
+    "resnet18": "resnet18",
+    "resnet50": "resnet50",
+    "densenet121": "densenet121",
+    "convnext_atto": "convnext_atto",
+    "convnext_nano": "convnext_nano",
+    "convnext_tiny": "convnext_tiny",
+}
+ATTENTIONS = ("standard", "dcmm")
+
+
+def list_models() -> list[str]:
+    """The short model names; any ``timm.list_models()`` name is accepted by ``create`` too.
+
+    Examples:
+        >>> "vit_tiny" in list_models()
+        True
+    """
+    return sorted(SHORT_NAMES)
+
+
+def _size_tuple(img_size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(img_size, int) and not isinstance(img_size, bool):
+        size = (img_size, img_size)
+    elif isinstance(img_size, (tuple, list)) and len(img_size) == 2:
+        size = (int(img_size[0]), int(img_size[1]))
+    else:
+        raise TypeError(f"img_size must be an int or an (H, W) pair; got {img_size!r}.")
+    if min(size) < 1:
+        raise ValueError(f"img_size must be positive; got {img_size!r}.")
+    return size
+
+
+def default_patch_size(img_size: int | Sequence[int]) -> int:
+    """Patch size used for ViTs when ``patch_size`` is not given: 16 from 128 px, 8 from 48 px, else 4."""
+    m = min(_size_tuple(img_size))
+    return 16 if m >= 128 else 8 if m >= 48 else 4
+
+
+def _resolve_name(name: str) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a string; got {type(name).__name__}.")
+    if name in SHORT_NAMES:
+        return SHORT_NAMES[name]
+    import timm
+
+    if timm.is_model(name):
+        return name
+    raise ValueError(
+        f"unknown model {name!r}; short names are: {', '.join(list_models())}. Any name from "
+        "timm.list_models() works too (e.g. 'vit_base_patch16_224', 'efficientnet_b0')."
+    )
+
+
+def create(name: str, num_classes: int, img_size: int | Sequence[int] = 224, in_chans: int = 3, *,
+           pretrained: bool = False, attention: str = "standard", communities: int = 4,
+           dcmm: dict[str, Any] | None = None, drop_path_rate: float = 0.0,
+           **kw: Any) -> torch.nn.Module:
+    """Create a classification model over timm.
+
+    Images fed to the model are ``(B, in_chans, H, W)`` floats in [0, 1]; the model does not
+    normalise internally. Binary tasks use ``num_classes=2`` (softmax over two logits).
+
+    Args:
+        name: a short name (``list_models()``: vit_tiny, vit_small, resnet18, resnet50,
+            densenet121, convnext_atto, convnext_nano, convnext_tiny) or any timm model name.
+        num_classes: number of logits C.
+        img_size: ``H`` or ``(H, W)``; for ViTs the patch grid is ``(H // p, W // p)`` (any grid,
+            square or not). CNNs accept any size; it is stored in the config.
+        in_chans: image channels (1 for grey radiographs).
+        pretrained: load timm's pretrained weights (needs them cached or the hub); off by default.
+        attention: "standard" or "dcmm" (ViTs only; the DCMM-Transformer attention bias of
+            ``workbench.models.dcmm.enable_dcmm``).
+        communities: number of DCMM communities K (used when ``attention="dcmm"``).
+        dcmm: extra keyword arguments for ``enable_dcmm`` (e.g. ``{"tau": 1.0, "per_head": True}``).
+        drop_path_rate: stochastic depth rate.
+        **kw: passed to ``timm.create_model``, e.g. ``patch_size`` (ViT; default 16 from 128 px,
+            8 from 48 px, 4 below), ``depth``, ``reg_tokens``, ``class_token``, ``drop_rate``.
+
+    Returns:
+        The model, with ``model.workbench_config`` holding everything ``create`` was given.
+
+    Examples:
+        >>> m = create("vit_tiny", num_classes=2, img_size=32, in_chans=1, depth=2)
+        >>> m(torch.rand(1, 1, 32, 32)).shape
+        torch.Size([1, 2])
+        >>> m.workbench_config["timm_name"]
+        'vit_tiny_patch16_224'
+    """
+    import timm
+
+    timm_name = _resolve_name(name)
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int (2 for binary tasks); got {num_classes!r}.")
+    if not isinstance(in_chans, int) or in_chans < 1:
+        raise ValueError(f"in_chans must be a positive int (1 for grey images, 3 for RGB); got {in_chans!r}.")
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {ATTENTIONS}; got {attention!r}.")
+    size = _size_tuple(img_size)
+    if timm_name.startswith("convnext") and min(size) < 32:
+        raise ValueError(f"{name} downsamples by 32 and cannot take img_size {size}; resize images to at "
+                         "least 32 px (e.g. workbench.data.load(..., size=64)) or use resnet18 / a ViT.")
+    kw = dict(kw)
+    is_vit = timm_name.startswith(("vit_", "deit", "eva", "beit"))
+    if timm_name in ("vit_tiny_patch16_224", "vit_small_patch16_224") and "patch_size" not in kw:
+        kw["patch_size"] = default_patch_size(size)
+    create_kw = dict(num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **kw)
+    if drop_path_rate:
+        create_kw["drop_path_rate"] = drop_path_rate
+    try:
+        model = timm.create_model(timm_name, img_size=size, **create_kw)
+        takes_size = True
+    except TypeError as e:
+        if "img_size" not in str(e):
+            raise
+        model = timm.create_model(timm_name, **create_kw)  # CNNs: any input size, no img_size
+        takes_size = False
+    if hasattr(model, "patch_embed") and takes_size:
+        grid = tuple(model.patch_embed.grid_size)
+        p = model.patch_embed.patch_size
+        if grid[0] * p[0] != size[0] or grid[1] * p[1] != size[1]:
+            raise ValueError(f"img_size {size} is not divisible by patch_size {tuple(p)}; pick a patch "
+                             f"size that divides the image (e.g. {default_patch_size(size)}) or resize the images.")
+    dcmm_kw = dict(dcmm or {})
+    if attention == "dcmm":
+        if not (is_vit or hasattr(model, "blocks")):
+            raise ValueError(f"attention='dcmm' needs a ViT (blocks of timm Attention); {name!r} has none. "
+                             "Use vit_tiny or vit_small.")
+        from workbench.models.dcmm import enable_dcmm  # lazily: H4's module
+
+        model = enable_dcmm(model, communities=communities, **dcmm_kw)
+    elif dcmm:
+        raise ValueError("dcmm kwargs were given but attention='standard'; pass attention='dcmm' to use them.")
+    model.workbench_config = {
+        "name": name, "timm_name": timm_name, "num_classes": num_classes, "img_size": list(size),
+        "in_chans": in_chans, "pretrained": bool(pretrained), "attention": attention,
+        "communities": int(communities), "dcmm": copy.deepcopy(dcmm_kw),
+        "drop_path_rate": float(drop_path_rate), "kw": copy.deepcopy(kw),
+    }
+    return model
+
+
+def create_from_config(config: dict[str, Any]) -> torch.nn.Module:
+    """Rebuild a model from ``model.workbench_config`` (as saved by ``save``), never pretrained."""
+    required = ("name", "num_classes", "img_size", "in_chans")
+    missing = [k for k in required if k not in config]
+    if missing:
+        raise ValueError(f"model config lacks {missing}; it must hold at least {list(required)} "
+                         "(write checkpoints with workbench.models.save).")
+    return create(config["name"], int(config["num_classes"]), tuple(config["img_size"]),
+                  int(config["in_chans"]), pretrained=False,
+                  attention=config.get("attention", "standard"),
+                  communities=int(config.get("communities", 4)), dcmm=config.get("dcmm") or None,
+                  drop_path_rate=float(config.get("drop_path_rate", 0.0)), **dict(config.get("kw") or {}))
