@@ -87,3 +87,128 @@ def hook_count(model: nn.Module) -> int:
     """Total number of forward/backward hooks on the model's modules (tests assert it stays 0)."""
     attrs = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
     return sum(len(getattr(m, a, None) or {}) for m in model.modules() for a in attrs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention capture
+# ---------------------------------------------------------------------------------------------
+# Attention classes whose non-fused path calls ``self.attn_drop(softmax_probs)``: timm's Attention
+# (VisionTransformer, DeiT incl. distilled, ...), AttentionRope, Eva's EvaAttention and our
+# DCMMAttention. Any other module with ``fused_attn``, ``num_heads`` and an ``attn_drop``
+# submodule is accepted too (duck typing); captured tensors are shape-checked.
+SUPPORTED_ATTENTION = ("timm.layers.Attention", "timm.layers.AttentionRope", "timm.models.eva.EvaAttention",
+                       "workbench.models.dcmm.DCMMAttention")
+_EXCLUDED_ATTENTION = ("DiffAttention",)  # softmax difference: not a probability matrix
+
+
+def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """``{name: module}`` of the self-attention modules capture supports, in forward order.
+
+    Examples:
+        >>> import timm
+        >>> m = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2)
+        >>> list(attention_modules(m))
+        ['blocks.0.attn', 'blocks.1.attn']
+    """
+    out = {}
+    for name, mod in model.named_modules():
+        if type(mod).__name__ in _EXCLUDED_ATTENTION:
+            continue
+        if hasattr(mod, "fused_attn") and hasattr(mod, "num_heads") and isinstance(getattr(mod, "attn_drop", None), nn.Module):
+            out[name] = mod
+    return out
+
+
+class AttentionRecord:
+    """What :func:`capture_attention` fills during a forward.
+
+    Attributes:
+        attentions: ``{name: (B, heads, N, N)}`` post-softmax probabilities (before dropout).
+        memberships: ``{name: (pi (B, Hd, N, K), theta (B, Hd, N))}`` for DCMM layers.
+    """
+
+    def __init__(self) -> None:
+        self.attentions: dict[str, torch.Tensor] = {}
+        self.memberships: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+class StopForward(Exception):
+    """Raised by :func:`capture_attention` (``stop_early=True``) once the last requested attention is
+    recorded, to skip the rest of the forward; catch it around the forward call."""
+
+
+@contextlib.contextmanager
+def capture_attention(model: nn.Module, layers: Sequence[str] | None = None, *, grad: bool = False,
+                      eval_mode: bool = True, stop_early: bool = False) -> Iterator[AttentionRecord]:
+    """Capture post-softmax attention of the given attention modules during forwards in the block.
+
+    Inside the block each selected module runs its non-fused path (``fused_attn = False``) and a
+    pre-hook on its ``attn_drop`` records the probabilities; DCMM layers also record
+    ``membership`` outputs. On exit (also after an exception) hooks are removed and the
+    ``fused_attn`` flags and train/eval modes of all modules are restored. Weights are not touched.
+
+    Args:
+        model: a model with supported attention modules (:func:`attention_modules`).
+        layers: names from :func:`attention_modules` (default: all).
+        grad: keep the recorded probabilities in the autograd graph (they then require grad, also
+            for frozen models) so that ``torch.autograd.grad(out, list(rec.attentions.values()))``
+            works; otherwise they are stored detached.
+        eval_mode: put the model in eval mode inside the block (no dropout, deterministic).
+        stop_early: raise :class:`StopForward` as soon as every requested attention (and DCMM
+            membership) has been recorded, so the rest of the forward is skipped. Only for
+            forwards whose output is not needed; wrap the call in ``try/except StopForward``.
+
+    Yields:
+        An :class:`AttentionRecord` filled by the forward (the last call wins).
+    """
+    available = attention_modules(model)
+    if not available:
+        raise ValueError(f"{type(model).__name__} has no supported attention modules; attention capture works "
+                         f"for timm ViTs and attention modules of these types: {', '.join(SUPPORTED_ATTENTION)}.")
+    names = list(available) if layers is None else list(layers)
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ValueError(f"unknown attention module(s) {unknown}; valid names: {list(available)}.")
+    record = AttentionRecord()
+    handles = []
+    flags = {n: available[n].fused_attn for n in names}
+    modes = {m: m.training for m in model.modules()}
+
+    def pre_hook(name: str):
+        def hook(_mod, args):
+            a = args[0]
+            if grad:
+                if not a.requires_grad:
+                    a = a.detach().requires_grad_(True)
+                record.attentions[name] = a
+                return (a,) + tuple(args[1:])
+            record.attentions[name] = a.detach()
+            if stop_early and len(record.attentions) == len(names):
+                raise StopForward(name)
+            return None
+        return hook
+
+    def membership_hook(name: str):
+        def hook(_mod, _inp, out):
+            pi, theta = out
+            record.memberships[name] = (pi, theta) if grad else (pi.detach(), theta.detach())
+        return hook
+
+    try:
+        if eval_mode:
+            model.eval()
+        for n in names:
+            mod = available[n]
+            mod.fused_attn = False
+            handles.append(mod.attn_drop.register_forward_pre_hook(pre_hook(n)))
+            memb = getattr(mod, "membership", None)
+            if isinstance(memb, nn.Module):
+                handles.append(memb.register_forward_hook(membership_hook(n)))
+        yield record
+    finally:
+        for h in handles:
+            h.remove()
+        for n, flag in flags.items():
+            available[n].fused_attn = flag
+        for m, training in modes.items():
+            m.training = training
