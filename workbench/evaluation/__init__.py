@@ -20,6 +20,10 @@ _EXPORTS = {
     "mask_of_truth": "workbench.evaluation.shortcut",
     "subgroup_metrics": "workbench.evaluation.shortcut",
     "shortcut_audit": "workbench.evaluation.shortcut",
+    "mask_of_truth_protocol": "workbench.evaluation.shortcut",
+    "ShortcutAudit": "workbench.evaluation.shortcut",
+    "Faithfulness": "workbench.evaluation.faithfulness",
+    "LocalisationScore": "workbench.evaluation.localisation",
 }
 
 
