@@ -1,0 +1,44 @@
+"""Rebuild benchmarks/README.md from the latest tables in benchmarks/tables/*.md.
+
+Run each ``bench_*.py`` (it writes its table under tables/), then ``python benchmarks/collect.py``.
+"""
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ORDER = ["setup", "train", "phantom", "attention", "communities", "attribution", "evaluation"]
+
+HEADER = """# Benchmarks
+
+Each capability has a script here that prints a markdown table and writes it to `tables/`;
+`python benchmarks/collect.py` gathers the latest tables into this file. Speed is reported as
+ratios to a plain forward (or forward+backward) pass of the same model and batch measured in the
+same run, with compared runs interleaved and repeated, medians reported; quality uses the metric
+each issue names. The development machine is a shared 2-core CPU without a GPU, so absolute
+times are noisy and slow; ratios are the figures to compare.
+
+| script | what it measures |
+|---|---|
+| `bench_setup.sh` | fresh clone -> `make test` set-up time |
+| `bench_train.py` | training throughput vs bare forward+backward; MedMNIST test AUC; demo wall time |
+| `bench_phantom.py` | phantom generation speed, realism vs real radiographs, difficulty, shortcut gap |
+| `bench_attention.py` | capture / Chefer cost ratios vs timm AttentionExtract; DCMM step cost; DCMM vs plain AUC |
+| `bench_communities.py` | anatomy alignment of communities (phantom, real CXR); widget redraw latency |
+| `bench_attribution.py` | cost per attribution method vs forward+backward; agreement with pytorch-grad-cam |
+| `bench_evaluation.py` | method x metric table on the phantom; shortcut exposure; real-CXR budgets |
+"""
+
+
+def demote(markdown: str) -> str:
+    """Push every heading one level down so each table sits under this file's title."""
+    return "\n".join("#" + line if line.startswith("#") else line for line in markdown.strip().splitlines())
+
+
+def main() -> None:
+    tables = {p.stem: p for p in (HERE / "tables").glob("*.md")}
+    names = [n for n in ORDER if n in tables] + sorted(set(tables) - set(ORDER))
+    parts = [demote(tables[n].read_text()) for n in names]
+    (HERE / "README.md").write_text(HEADER + "\n" + "\n\n".join(parts) + "\n")
+
+
+if __name__ == "__main__":
+    main()
