@@ -9,14 +9,6 @@ from workbench.attention import AttentionMaps, attention_maps, chefer_relevance,
 from workbench.capture import hook_count
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, especially on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def vit():

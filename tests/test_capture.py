@@ -10,14 +10,6 @@ from workbench.attention import attention_maps, chefer_relevance
 from workbench.capture import attention_modules, capture_attention, hook_count, record_outputs
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, especially on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 CONFIGS = {
     "cls": dict(model_name="vit_tiny_patch16_224", img_size=32, patch_size=8),
     "no_cls_avg": dict(model_name="vit_tiny_patch16_224", img_size=32, patch_size=8, class_token=False, global_pool="avg"),

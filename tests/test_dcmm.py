@@ -11,14 +11,6 @@ from workbench.capture import hook_count
 from workbench.models.dcmm import DCMMAttention, dcmm_modules, dcmm_parameters, enable_dcmm
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, especially on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def tiny_vit(**kw):
     return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=2, img_size=32, patch_size=8,

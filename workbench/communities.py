@@ -170,8 +170,7 @@ def _kmeans(x: np.ndarray, k: int, seed: int = 0, n_init: int = 3, iters: int = 
         inertia = float(dist[np.arange(n), lab].sum())
         if best is None or inertia < best[0]:
             best = (inertia, lab, c)
-    assert best is not None
-    return best[1], best[2]
+    return best[1], best[2]  # n_init >= 1, so best is set
 
 
 def mixed_score(graph: torch.Tensor | np.ndarray, k: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
