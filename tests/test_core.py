@@ -110,3 +110,13 @@ def test_atomic_write_uses_umask_mode(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+
+
+def test_verbs_sharing_a_submodule_name_stay_callable():
+    import importlib
+
+    import workbench as wb
+
+    importlib.import_module("workbench.communities")
+    importlib.import_module("workbench.viz.gallery")
+    assert callable(wb.communities) and callable(wb.viz.gallery)

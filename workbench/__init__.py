@@ -28,14 +28,16 @@ _EXPORTS = {
     "AttentionMaps": "workbench.attention:AttentionMaps",
     "rollout": "workbench.attention:rollout",
     "chefer_relevance": "workbench.attention:chefer_relevance",
-    "communities": "workbench.communities:communities",
-    "Communities": "workbench.communities:Communities",
     "attribute": "workbench.attribution:attribute",
     "Attribution": "workbench.attribution:Attribution",
     "resolve_device": "workbench._device:resolve_device",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = sorted(_EXPORTS) + ["__version__", "communities", "Communities"]
+
+# ``communities`` names both a submodule and its verb: importing the submodule anywhere binds the
+# module to this attribute, so the verb is bound eagerly here (after the submodule import).
+from .communities import Communities, communities  # noqa: E402
 
 
 def __getattr__(name: str) -> Any:

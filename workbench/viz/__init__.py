@@ -7,10 +7,10 @@ from typing import Any
 
 from ._export import save_figure, versions
 from ._style import PALETTE, colours, structure_colours
+# ``gallery`` names both a submodule and its function; bind the function after the submodule import.
+from .gallery import gallery
 
 _EXPORTS = {
-    # phantom gallery (issue 3)
-    "gallery": "workbench.viz.gallery",
     # attention / communities overlays (issue 4)
     "community_overlay": "workbench.viz.overlays",
     "community_grid": "workbench.viz.overlays",
@@ -35,4 +35,4 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__all__ = ["save_figure", "versions", "PALETTE", "colours", "structure_colours", *_EXPORTS]
+__all__ = ["save_figure", "versions", "PALETTE", "colours", "structure_colours", "gallery", *_EXPORTS]
