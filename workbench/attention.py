@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workbench._device import model_device, resolve_device
-from workbench.capture import SUPPORTED_ATTENTION, StopForward, attention_modules, capture_attention
+from workbench.capture import SUPPORTED_ATTENTION, StopForward, attention_modules, capture_attention, select_layers
 
 __all__ = ["AttentionMaps", "attention_maps", "cls_attention", "rollout", "chefer_relevance", "upsample"]
 
@@ -144,26 +144,7 @@ def _model_info(model: nn.Module, images: torch.Tensor) -> tuple[tuple[int, int]
 
 
 def _select_layers(model: nn.Module, layers: Any) -> list[str]:
-    names = list(attention_modules(model))
-    if layers is None:
-        return names
-    if isinstance(layers, (int, str)):
-        layers = [layers]
-    out = []
-    for item in layers:
-        if isinstance(item, bool) or not isinstance(item, (int, str)):
-            raise TypeError(f"layers must hold ints or module names; got {item!r}.")
-        if isinstance(item, int):
-            if not -len(names) <= item < len(names):
-                raise ValueError(f"layer {item} out of range: the model has {len(names)} attention layers.")
-            out.append(names[item])
-        else:
-            key = item if item in names else f"{item}.attn"
-            if key not in names:
-                raise ValueError(f"no attention layer {item!r}; valid names: {names}.")
-            out.append(key)
-    chosen = set(out)
-    return [n for n in names if n in chosen]  # forward order
+    return select_layers(attention_modules(model), layers)
 
 
 def _check_attention(name: str, a: torch.Tensor, batch: int, tokens: int | None) -> None:

@@ -10,7 +10,7 @@ exception) and whose ``__exit__`` never swallows errors.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -135,6 +135,34 @@ class AttentionRecord:
 class StopForward(Exception):
     """Raised by :func:`capture_attention` (``stop_early=True``) once the last requested attention is
     recorded, to skip the rest of the forward; catch it around the forward call."""
+
+
+def select_layers(names: Sequence[str], layers: Any) -> list[str]:
+    """Pick attention layers by index or name, returned in forward order.
+
+    Args:
+        names: the attention module names in forward order (``"blocks.3.attn"``).
+        layers: None (all), an int / name, or a sequence of them; ``"blocks.3"`` means ``"blocks.3.attn"``.
+    """
+    names = list(names)
+    if layers is None:
+        return names
+    if isinstance(layers, (int, str)):
+        layers = [layers]
+    chosen = set()
+    for item in layers:
+        if isinstance(item, bool) or not isinstance(item, (int, str)):
+            raise TypeError(f"layers must hold ints or module names; got {item!r}.")
+        if isinstance(item, int):
+            if not -len(names) <= item < len(names):
+                raise ValueError(f"layer {item} out of range: the model has {len(names)} attention layers.")
+            chosen.add(names[item])
+        else:
+            key = item if item in names else f"{item}.attn"
+            if key not in names:
+                raise ValueError(f"no attention layer {item!r}; valid names: {names}.")
+            chosen.add(key)
+    return [n for n in names if n in chosen]
 
 
 @contextlib.contextmanager

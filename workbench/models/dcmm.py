@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workbench.capture import select_layers
+
 __all__ = ["DCMMAttention", "DCMMMembership", "enable_dcmm", "dcmm_parameters", "dcmm_modules"]
 
 DEFAULT_LAM_INIT = 1.0
@@ -287,26 +289,7 @@ def enable_dcmm(model: nn.Module, communities: int = 4, per_head: bool = True, t
         raise ValueError(f"{type(model).__name__} has no timm.layers.Attention modules; enable_dcmm supports "
                          "timm VisionTransformer-family models (vit_*, deit_*; e.g. "
                          "workbench.models.create('vit_tiny', ..., attention='dcmm')).")
-    names = list(found)
-    if layers is None:
-        chosen = names
-    else:
-        if isinstance(layers, (int, str)):
-            layers = [layers]
-        chosen = []
-        for item in layers:
-            if isinstance(item, bool) or not isinstance(item, (int, str)):
-                raise TypeError(f"layers must hold ints or module names; got {item!r}.")
-            if isinstance(item, int):
-                if not -len(names) <= item < len(names):
-                    raise ValueError(f"layer index {item} out of range for {len(names)} attention modules.")
-                chosen.append(names[item])
-            else:
-                key = item if item in found else f"{item}.attn"
-                if key not in found:
-                    raise ValueError(f"no timm Attention named {item!r}; valid names: {names}.")
-                chosen.append(key)
-    for name in dict.fromkeys(chosen):
+    for name in select_layers(found, layers):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, DCMMAttention.from_attention(found[name], communities=communities, per_head=per_head,
