@@ -1,7 +1,7 @@
 """workbench: an interpretability workbench for medical imaging.
 
 Import as ``import workbench as wb``. The public API is a set of verbs and small result
-classes, re-exported here lazily so that ``import workbench`` stays fast::
+classes, re-exported here lazily (only the ``communities`` verb is bound eagerly, see below)::
 
     ds = wb.data.load("phantom", split="train", n=512, size=64)
     model = wb.models.create("vit_tiny", num_classes=2, img_size=64, in_chans=1, patch_size=8)
