@@ -1,17 +1,16 @@
-"""Attention capture, Chefer relevance and DCMM attention: cost ratios and phantom AUC.
+"""Attention capture, Chefer relevance and DCMM attention: cost ratios.
 
-Speed: ratios to a plain (fused) forward or forward+backward of the same model and batch, in the
-same run; compared runs are interleaved and repeated, medians reported. Quality: test AUC of a
-DCMM-ViT vs a plain ViT trained identically on the phantom.
+Ratios to a plain (fused) forward or forward+backward of the same model and batch, in the same
+run; compared runs are interleaved and repeated, medians reported. The quality of DCMM-ViT vs a
+plain ViT (test AUC, anatomy alignment) is measured by bench_communities.py.
 
-    .venv/bin/python benchmarks/bench_attention.py            # speed + 64 px quality -> tables/attention.md
-    .venv/bin/python benchmarks/bench_attention.py --quick    # fewer repeats, no quality
+    .venv/bin/python benchmarks/bench_attention.py            # -> tables/attention.md
+    .venv/bin/python benchmarks/bench_attention.py --quick    # fewer repeats
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -123,48 +122,10 @@ def bench_dcmm_step(img: int, patch: int, batch: int, repeats: int) -> list[str]
             f"{t['dcmm'] / t['plain']:.2f}x of plain ViT step ({t['plain'] * 1000:.0f} ms) | <= 1.3x |"]
 
 
-def quality(size: int, n_train: int, n_test: int, epochs: int, depth: int, seeds: list[int],
-            kinds: tuple[str, ...] = ("standard", "dcmm"), dcmm_kw: dict | None = None) -> list[str]:
-    import workbench as wb
-
-    train = wb.data.load("phantom", split="train", n=n_train, size=size, progress=False)
-    val = wb.data.load("phantom", split="val", n=n_test, size=size, progress=False)
-    test = wb.data.load("phantom", split="test", n=n_test, size=size, progress=False)
-    rows = []
-    patch = 8 if size <= 64 else 16
-    for attention in kinds:
-        aucs = []
-        for seed in seeds:
-            torch.manual_seed(seed)
-            model = wb.models.create("vit_tiny", num_classes=2, img_size=size, in_chans=1, patch_size=patch,
-                                     depth=depth, attention=attention, communities=4,
-                                     dcmm=(dcmm_kw or None) if attention == "dcmm" else None)
-            wb.fit(model, train, val, epochs=epochs, batch_size=32, lr=1e-3, device="cpu", seed=seed,
-                   progress=False, early_stopping=None)
-            aucs.append(wb.evaluate(model, test, device="cpu").auc)
-            print(f"# {attention} seed {seed}: test AUC {aucs[-1]:.3f}", file=sys.stderr, flush=True)
-        mean = statistics.mean(aucs)
-        extra = f" {dcmm_kw}" if dcmm_kw and attention == "dcmm" else ""
-        rows.append(f"| phantom {size}px test AUC, {attention} ViT{extra} | vit_tiny depth {depth} p{patch}, "
-                    f"{n_train} train / {n_test} test, {epochs} epochs, seeds {seeds} | {mean:.3f} "
-                    f"({', '.join(f'{a:.3f}' for a in aucs)}) | DCMM >= plain? |")
-    return rows
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="few repeats, no quality runs")
-    ap.add_argument("--no-quality", action="store_true")
-    ap.add_argument("--only-quality", action="store_true", help="skip the speed rows and append the quality "
-                    "rows to the existing table (to run speed and quality as two processes)")
+    ap.add_argument("--quick", action="store_true", help="few repeats")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared CPU)")
-    ap.add_argument("--quality-size", type=int, nargs="+", default=[64])
-    ap.add_argument("--quality", type=int, nargs=4, default=[400, 300, 6, 3], metavar=("N_TRAIN", "N_TEST", "EPOCHS", "DEPTH"),
-                    help="phantom quality run: train/test sizes, epochs, ViT depth")
-    ap.add_argument("--dcmm-kw", default="{}", help='JSON of enable_dcmm kwargs for the quality run, e.g. {"lam_init": 4}')
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--kinds", nargs="+", default=["standard", "dcmm"], choices=["standard", "dcmm"],
-                    help="which ViTs the quality run trains (run one per process to use two cores)")
     ap.add_argument("--sections", nargs="+", default=["capture", "chefer", "dcmm"], choices=["capture", "chefer", "dcmm"],
                     help="speed sections to run")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 9; 3 with --quick)")
@@ -173,15 +134,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     reps = args.repeats or (3 if args.quick else 9)
     rows = []
-    if args.only_quality:
-        for size in args.quality_size:
-            rows += quality(size, *args.quality, seeds=args.seeds, kinds=tuple(args.kinds),
-                                dcmm_kw=json.loads(args.dcmm_kw))
-        text = Path(args.out).read_text() if Path(args.out).exists() else ""
-        text = text + "\n".join(rows) + "\n"
-        print(text)
-        atomic_write_text(args.out, text)
-        return
     if "capture" in args.sections:
         rows += bench_capture(224, 16, 8, reps)
         rows += bench_capture(64, 8, 16, reps)
@@ -191,10 +143,6 @@ def main() -> None:
     if "dcmm" in args.sections:
         rows += bench_dcmm_step(64, 8, 16, reps)
         rows += bench_dcmm_step(224, 16, 8, reps)
-    if not (args.quick or args.no_quality):
-        for size in args.quality_size:
-            rows += quality(size, *args.quality, seeds=args.seeds, kinds=tuple(args.kinds),
-                                dcmm_kw=json.loads(args.dcmm_kw))
     header = ["# Attention capture, Chefer relevance, DCMM attention", "",
               f"CPU, {args.threads} torch thread(s), torch {torch.__version__}, timm {timm.__version__}; "
               f"medians of {reps} interleaved repeats (after 2 warm-ups). The machine is shared, so "

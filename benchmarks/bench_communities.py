@@ -1,14 +1,14 @@
 """Benchmark: communities of ViT patches vs anatomy, and explorer redraw latency.
 
-Quality: on the phantom, a plain ViT and a DCMM-ViT (vit_tiny, patch 8) are trained with the same
-settings; we report test AUC and the anatomy alignment (ARI, NMI, purity; per image, averaged)
+Quality: on the phantom at 64 and 128 px, a plain ViT and a DCMM-ViT (small vit_tiny, 8x8 patch grid) are
+trained with the same settings; we report test AUC and the anatomy alignment (ARI, NMI, purity; per image, averaged)
 of DCMM communities and of post-hoc Mixed-SCORE / spectral / k-means communities of both models,
 at the first and last layer (head mean). The same models are then applied to the real chest
-radiographs of ../shared/data/cxr_anatomy (resized to the phantom size) and scored against
+radiographs of ../shared/data/cxr_anatomy (resized to the model's size) and scored against
 left_lung, right_lung, cardiomediastinum and airways. Speed: explorer redraw latency for a ViT
 at 224 px (vit_tiny patch 16, 14x14 grid) after the first forward, median over repeats.
 
-Run: .venv/bin/python benchmarks/bench_communities.py [--size 64 --n-train 600 --epochs 5]
+Run: .venv/bin/python benchmarks/bench_communities.py [--sizes 64 128 --n-train 10000 --epochs 8]
 Writes the markdown table to stdout and to benchmarks/tables/communities.md.
 """
 from __future__ import annotations
@@ -95,64 +95,78 @@ def redraw_latency(repeats: int = 3):
     return first, out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--n-train", type=int, default=600)
-    ap.add_argument("--n-test", type=int, default=200)
-    ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--n-align", type=int, default=32, help="test images scored for alignment")
-    ap.add_argument("--out", default=str(Path(__file__).with_name("tables") / "communities.md"))
-    ap.add_argument("--skip-latency", action="store_true")
-    args = ap.parse_args()
-    torch.manual_seed(0)
-    t_start = time.time()
-    size, k = args.size, args.k
+def _train_pair(size: int, args) -> tuple[dict, dict, dict, object]:
+    """A plain ViT and a DCMM-ViT with the same recipe, seed and initial weights."""
     train = wb.data.load("phantom", split="train", n=args.n_train, size=size, progress=False)
     test = wb.data.load("phantom", split="test", n=args.n_test, size=size, progress=False)
     models, auc, train_s = {}, {}, {}
     for kind in ("standard", "dcmm"):
-        m = wb.models.create("vit_tiny", num_classes=len(train.classes), img_size=size, in_chans=1, patch_size=8,
-                             depth=4, attention=kind, communities=k)
+        torch.manual_seed(0)
+        m = wb.models.create("vit_tiny", num_classes=len(train.classes), img_size=size, in_chans=1,
+                             patch_size=wb.models.default_patch_size(size) if size >= 128 else 8, depth=4,
+                             embed_dim=args.width, num_heads=3, attention=kind, communities=args.k)
         t = time.time()
-        wb.fit(m, train, epochs=args.epochs, batch_size=64, lr=1e-3, device="cpu", progress=False, seed=0)
+        wb.fit(m, train, epochs=args.epochs, batch_size=64, lr=args.lr, device="cpu", progress=False, seed=0)
         train_s[kind] = time.time() - t
         auc[kind] = float(wb.evaluate(m, test, device="cpu").auc)
-        models[kind] = m
-    batch = test.batch(range(args.n_align))
-    rows = []
-    for kind, m in models.items():
-        rows += _alignment_rows("ViT" if kind == "standard" else "DCMM-ViT", m, batch, PHANTOM_ANATOMY, k)
+        models[kind] = m.eval()
+        print(f"# {size} px {kind}: test AUC {auc[kind]:.3f} ({train_s[kind]:.0f} s)", flush=True)
+    return models, auc, train_s, test
 
-    cxr_rows = []
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--n-train", type=int, default=10000)
+    ap.add_argument("--n-test", type=int, default=800)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--width", type=int, default=96, help="ViT embedding width (3 heads)")
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--n-align", type=int, default=64, help="test images scored for alignment")
+    ap.add_argument("--out", default=str(Path(__file__).with_name("tables") / "communities.md"))
+    ap.add_argument("--skip-latency", action="store_true")
+    args = ap.parse_args()
+    t_start = time.time()
+    k = args.k
+    auc_rows, rows, cxr_rows = [], [], []
     path = wb.data.shared_data_path()
-    if path is not None and (Path(path) / "cxr_anatomy").is_dir():
-        cxr = wb.data.load(str(Path(path) / "cxr_anatomy"), label_column="finding", size=size)
-        cb = cxr.batch(range(len(cxr)))
+    for size in args.sizes:
+        models, auc, train_s, test = _train_pair(size, args)
+        auc_rows += [(f"{size}", n, auc[kk], f"{train_s[kk]:.0f}") for n, kk in (("ViT", "standard"), ("DCMM-ViT", "dcmm"))]
+        batch = test.batch(range(min(args.n_align, len(test))))
         for kind, m in models.items():
-            cxr_rows += _alignment_rows("ViT" if kind == "standard" else "DCMM-ViT", m, cb, CXR_ANATOMY, k)
+            name = "ViT" if kind == "standard" else "DCMM-ViT"
+            rows += [(f"{size}",) + r for r in _alignment_rows(name, m, batch, PHANTOM_ANATOMY, k)]
+        if path is not None and (Path(path) / "cxr_anatomy").is_dir():
+            cxr = wb.data.load(str(Path(path) / "cxr_anatomy"), label_column="finding", size=size)
+            cb = cxr.batch(range(len(cxr)))
+            for kind, m in models.items():
+                name = "ViT" if kind == "standard" else "DCMM-ViT"
+                cxr_rows += [(f"{size}",) + r for r in _alignment_rows(name, m, cb, CXR_ANATOMY, k)]
 
+    cols = ["px", "model", "method", "layer", "ARI", "NMI", "purity"]
     parts = [f"# Communities vs anatomy (bench_communities.py)\n",
-             f"Settings: phantom {size} px, {args.n_train} train / {args.n_test} test images, vit_tiny patch 8, "
-             f"depth 4, {args.epochs} epochs (AdamW lr 1e-3, CPU), K={k}; alignment on {args.n_align} test images, "
-             f"head mean; phantom structures {PHANTOM_ANATOMY} (later wins on overlap; bones left out); "
-             f"CXR structures {CXR_ANATOMY}. Post-hoc community indices are per image, so ARI/NMI/purity are "
-             "per image, then averaged. Chance ARI is 0.\n",
-             "## Test AUC (phantom)\n",
-             _md([(n, auc[kk], f"{train_s[kk]:.0f}") for n, kk in (("ViT", "standard"), ("DCMM-ViT", "dcmm"))],
-                 ["model", "test AUC", "train s"]),
+             f"Settings: phantom at {args.sizes} px, {args.n_train} train / {args.n_test} test images, vit_tiny "
+             f"depth 4, width {args.width}, 3 heads, patch 8 at 64 px / 16 from 128 px (8x8 grid), {args.epochs} "
+             f"epochs (AdamW lr {args.lr}, batch 64, CPU), same seed and initial weights for both models, K={k}; "
+             f"alignment on {args.n_align} test images, head mean; phantom structures {PHANTOM_ANATOMY} (later wins "
+             f"on overlap; bones left out); CXR structures {CXR_ANATOMY}. Post-hoc community indices are per image, "
+             "so ARI/NMI/purity are per image, then averaged. Chance ARI is 0.\n",
+             "## Test AUC (phantom, `abnormal`)\n",
+             _md(auc_rows, ["px", "model", "test AUC", "train s"]),
              "\n## Anatomy alignment, phantom test images\n",
-             _md(rows, ["model", "method", "layer", "ARI", "NMI", "purity"])]
+             _md(rows, cols)]
     if cxr_rows:
-        parts += [f"\n## Anatomy alignment, real CXR (cxr_anatomy, 100 images at {size} px, models trained on the phantom)\n",
-                  _md(cxr_rows, ["model", "method", "layer", "ARI", "NMI", "purity"])]
+        parts += ["\n## Anatomy alignment, real CXR (cxr_anatomy, 100 images resized to the model's size, "
+                  "models trained on the phantom only)\n", _md(cxr_rows, cols)]
     if not args.skip_latency:
         first, lat = redraw_latency()
         parts += ["\n## Explorer redraw latency (vit_tiny patch 16 at 224 px, 14x14 grid, depth 12, CPU)\n",
                   f"First display (forward + fit + draw): {first:.0f} ms. Redraws after the first forward:\n",
                   _md([(lbl, f"{ms:.0f}", n) for lbl, ms, n in lat], ["change", "median ms", "n"])]
-    parts.append(f"\nTotal benchmark time: {time.time() - t_start:.0f} s on {os.cpu_count()} shared CPU cores.")
+    parts.append(f"\nTotal benchmark time: {time.time() - t_start:.0f} s on {os.cpu_count()} CPU cores "
+                 f"(load average at the end {os.getloadavg()[0]:.1f}).")
     text = "\n".join(parts) + "\n"
     print(text)
     from workbench._io import atomic_write_text

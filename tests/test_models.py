@@ -149,3 +149,40 @@ def test_dcmm_config_is_stored():
     m = wm.create("vit_tiny", 2, 32, 1, depth=2, attention="dcmm", communities=3)
     assert m.workbench_config["attention"] == "dcmm" and m.workbench_config["communities"] == 3
     assert m(torch.rand(1, 1, 32, 32)).shape == (1, 2)
+
+
+def test_models_standardise_their_input_in_the_first_convolution():
+    """create() standardises [0, 1] images inside the model: same output as a plain model fed
+    (x - 0.5) / 0.25, with unchanged parameter names (timm and older state dicts still load)."""
+    torch.manual_seed(0)
+    for name, first in (("vit_tiny", "patch_embed.proj"), ("resnet18", "conv1")):
+        kw = {"depth": 2} if name == "vit_tiny" else {}
+        m = wm.create(name, 2, 64, 1, **kw).eval()
+        plain = wm.create(name, 2, 64, 1, normalize=None, **kw).eval()
+        assert isinstance(m.get_submodule(first), wm.StandardizedConv2d)
+        assert type(plain.get_submodule(first)) is torch.nn.Conv2d
+        assert m.state_dict().keys() == plain.state_dict().keys()
+        plain.load_state_dict(m.state_dict())
+        x = torch.rand(3, 1, 64, 64)
+        with torch.no_grad():
+            torch.testing.assert_close(m(x), plain((x - 0.5) / 0.25))
+        assert m.workbench_config["normalize"] == [[0.5], [0.25]]
+
+
+def test_normalize_options_roundtrip_and_errors(tmp_path):
+    m = wm.create("vit_tiny", 2, 32, 3, depth=1, normalize=((0.1, 0.2, 0.3), (0.5, 0.5, 0.25))).eval()
+    conv = m.patch_embed.proj
+    assert conv.mean.flatten().tolist() == pytest.approx([0.1, 0.2, 0.3])
+    wm.save(m, tmp_path / "m")
+    back = wm.load(tmp_path / "m")
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), m(x))
+    # a checkpoint written before normalisation existed (no key) rebuilds an un-normalised model
+    cfg = dict(wm.create("vit_tiny", 2, 32, 1, depth=1).workbench_config)
+    cfg.pop("normalize")
+    assert type(wm.create_from_config(cfg).patch_embed.proj) is torch.nn.Conv2d
+    with pytest.raises(ValueError, match="std > 0"):
+        wm.create("vit_tiny", 2, 32, 1, depth=1, normalize=(0.5, 0.0))
+    with pytest.raises(ValueError, match="mean, std"):
+        wm.create("vit_tiny", 2, 32, 1, depth=1, normalize="imagenet")

@@ -125,7 +125,7 @@ def _read_weights(weights: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     return state, saved_cfg
 
 
-_ARCH_KEYS = ("timm_name", "num_classes", "img_size", "in_chans", "attention", "communities", "kw", "dcmm")
+_ARCH_KEYS = ("timm_name", "num_classes", "img_size", "in_chans", "attention", "communities", "kw", "dcmm", "normalize")
 
 
 def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:

@@ -8,6 +8,7 @@ import copy
 from typing import Any, Sequence
 
 import torch
+from torch import nn
 
 # short name -> timm architecture
 SHORT_NAMES: dict[str, str] = {
@@ -21,6 +22,86 @@ SHORT_NAMES: dict[str, str] = {
     "convnext_tiny": "convnext_tiny",
 }
 ATTENTIONS = ("standard", "dcmm")
+#: Input standardisation of models trained from scratch: ``(x - 0.5) / 0.25`` maps [0, 1] images
+#: to about [-2, 2]. A ViT fed raw [0, 1] images stalls at chance for several epochs (the constant
+#: part of every patch embedding dominates the tokens); standardised, it learns from the first one.
+SCRATCH_NORMALIZE = ((0.5,), (0.25,))
+
+
+class StandardizedConv2d(nn.Conv2d):
+    """A ``Conv2d`` that standardises its input first: ``conv((x - mean) / std)``.
+
+    ``create`` turns a model's first convolution (the ViT patch embedding, a CNN's stem) into one,
+    so that models keep taking [0, 1] images (what attribution baselines, masks and figures assume)
+    while training sees standardised inputs. Parameter names are unchanged and ``mean``/``std`` are
+    non-persistent buffers, so timm's and older workbench state dicts load as before.
+    """
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.register_buffer("mean", torch.zeros(1, self.in_channels, 1, 1), persistent=False)
+        self.register_buffer("std", torch.ones(1, self.in_channels, 1, 1), persistent=False)
+
+    @classmethod
+    def wrap(cls, conv: nn.Conv2d, mean: Sequence[float], std: Sequence[float]) -> "StandardizedConv2d":
+        c = conv.in_channels
+        mean, std = _per_channel(mean, c, conv.weight), _per_channel(std, c, conv.weight)
+        conv.__class__ = cls  # same parameters and settings, nothing copied
+        conv.register_buffer("mean", mean, persistent=False)
+        conv.register_buffer("std", std, persistent=False)
+        return conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward((x - self.mean) / self.std)
+
+    def extra_repr(self) -> str:
+        return (super().extra_repr() + f", standardize=(mean={self.mean.flatten().tolist()}, "
+                f"std={self.std.flatten().tolist()})")
+
+
+def _per_channel(values: Sequence[float], channels: int, like: torch.Tensor) -> torch.Tensor:
+    v = [float(x) for x in values]
+    if len(v) not in (1, channels):
+        v = [sum(v) / len(v)]  # e.g. ImageNet RGB statistics for a one-channel model
+    t = torch.tensor(v, dtype=like.dtype, device=like.device)
+    return t.expand(channels).reshape(1, channels, 1, 1).clone()
+
+
+def _resolve_normalize(normalize: Any, model: nn.Module, pretrained: bool) -> list[list[float]] | None:
+    """``normalize`` argument -> ``[mean, std]`` lists (JSON-ready) or None."""
+    if normalize is None or normalize is False or normalize == "none":
+        return None
+    if normalize == "auto":
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        if pretrained and cfg.get("mean") and cfg.get("std"):
+            return [list(cfg["mean"]), list(cfg["std"])]
+        return [list(SCRATCH_NORMALIZE[0]), list(SCRATCH_NORMALIZE[1])]
+    try:
+        mean, std = normalize
+        mean = [float(mean)] if isinstance(mean, (int, float)) else [float(x) for x in mean]
+        std = [float(std)] if isinstance(std, (int, float)) else [float(x) for x in std]
+    except (TypeError, ValueError):
+        raise ValueError(f"normalize must be 'auto', None or a (mean, std) pair of floats or per-channel "
+                         f"sequences; got {normalize!r}.") from None
+    if not mean or not std or min(std) <= 0:
+        raise ValueError(f"normalize needs non-empty mean and std with std > 0; got {normalize!r}.")
+    return [mean, std]
+
+
+def _standardize_input(model: nn.Module, in_chans: int, mean_std: list[list[float]]) -> str:
+    """Swap the model's first input convolution for a StandardizedConv2d; return its name."""
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Conv2d) and mod.in_channels == in_chans:
+            if type(mod) is not nn.Conv2d:
+                raise ValueError(f"cannot standardise the input of {type(model).__name__}: its first "
+                                 f"convolution {name!r} is a {type(mod).__name__}. Pass normalize=None "
+                                 "and standardise the images yourself.")
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, attr, StandardizedConv2d.wrap(mod, *mean_std))
+            return name
+    raise ValueError(f"{type(model).__name__} has no Conv2d taking {in_chans} channels to standardise "
+                     "the input in; pass normalize=None.")
 
 
 def list_models() -> list[str]:
@@ -69,11 +150,12 @@ def _resolve_name(name: str) -> str:
 def create(name: str, num_classes: int, img_size: int | Sequence[int] = 224, in_chans: int = 3, *,
            pretrained: bool = False, attention: str = "standard", communities: int = 4,
            dcmm: dict[str, Any] | None = None, drop_path_rate: float = 0.0,
-           **kw: Any) -> torch.nn.Module:
+           normalize: Any = "auto", **kw: Any) -> torch.nn.Module:
     """Create a classification model over timm.
 
-    Images fed to the model are ``(B, in_chans, H, W)`` floats in [0, 1]; the model does not
-    normalise internally. Binary tasks use ``num_classes=2`` (softmax over two logits).
+    Images fed to the model are ``(B, in_chans, H, W)`` floats in [0, 1]; the model standardises
+    them itself in its first convolution (``normalize``), so attribution baselines, masks and
+    figures all live in image space. Binary tasks use ``num_classes=2`` (softmax over two logits).
 
     Args:
         name: a short name (``list_models()``: vit_tiny, vit_small, resnet18, resnet50,
@@ -88,6 +170,9 @@ def create(name: str, num_classes: int, img_size: int | Sequence[int] = 224, in_
         communities: number of DCMM communities K (used when ``attention="dcmm"``).
         dcmm: extra keyword arguments for ``enable_dcmm`` (e.g. ``{"tau": 1.0, "per_head": True}``).
         drop_path_rate: stochastic depth rate.
+        normalize: input standardisation inside the model: "auto" (timm's mean/std for pretrained
+            weights, averaged over channels for grey images; ``SCRATCH_NORMALIZE`` = 0.5 / 0.25
+            otherwise), a ``(mean, std)`` pair (floats or per-channel sequences), or None.
         **kw: passed to ``timm.create_model``, e.g. ``patch_size`` (ViT; default 16 from 128 px,
             8 from 48 px, 4 below), ``depth``, ``reg_tokens``, ``class_token``, ``drop_rate``.
 
@@ -135,6 +220,9 @@ def create(name: str, num_classes: int, img_size: int | Sequence[int] = 224, in_
         if grid[0] * p[0] != size[0] or grid[1] * p[1] != size[1]:
             raise ValueError(f"img_size {size} is not divisible by patch_size {tuple(p)}; pick a patch "
                              f"size that divides the image (e.g. {default_patch_size(size)}) or resize the images.")
+    mean_std = _resolve_normalize(normalize, model, pretrained)
+    if mean_std is not None:
+        _standardize_input(model, in_chans, mean_std)
     dcmm_kw = dict(dcmm or {})
     if attention == "dcmm":
         if not (is_vit or hasattr(model, "blocks")):
@@ -149,7 +237,7 @@ def create(name: str, num_classes: int, img_size: int | Sequence[int] = 224, in_
         "name": name, "timm_name": timm_name, "num_classes": num_classes, "img_size": list(size),
         "in_chans": in_chans, "pretrained": bool(pretrained), "attention": attention,
         "communities": int(communities), "dcmm": copy.deepcopy(dcmm_kw),
-        "drop_path_rate": float(drop_path_rate), "kw": copy.deepcopy(kw),
+        "drop_path_rate": float(drop_path_rate), "normalize": mean_std, "kw": copy.deepcopy(kw),
     }
     return model
 
@@ -165,4 +253,6 @@ def create_from_config(config: dict[str, Any]) -> torch.nn.Module:
                   int(config["in_chans"]), pretrained=False,
                   attention=config.get("attention", "standard"),
                   communities=int(config.get("communities", 4)), dcmm=config.get("dcmm") or None,
-                  drop_path_rate=float(config.get("drop_path_rate", 0.0)), **dict(config.get("kw") or {}))
+                  drop_path_rate=float(config.get("drop_path_rate", 0.0)),
+                  normalize=config.get("normalize"),  # absent in checkpoints from before it existed
+                  **dict(config.get("kw") or {}))
