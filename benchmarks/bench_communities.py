@@ -110,6 +110,8 @@ def _train_pair(size: int, args) -> tuple[dict, dict, dict, object]:
         train_s[kind] = time.time() - t
         auc[kind] = float(wb.evaluate(m, test, device="cpu").auc)
         models[kind] = m.eval()
+        if args.save:
+            wb.models.save(m, Path(args.save) / f"{kind}_{size}px")
         print(f"# {size} px {kind}: test AUC {auc[kind]:.3f} ({train_s[kind]:.0f} s)", flush=True)
     return models, auc, train_s, test
 
@@ -126,6 +128,7 @@ def main() -> None:
     ap.add_argument("--n-align", type=int, default=64, help="test images scored for alignment")
     ap.add_argument("--out", default=str(Path(__file__).with_name("tables") / "communities.md"))
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--save", default=None, help="folder to save the trained models in (checkpoints)")
     args = ap.parse_args()
     t_start = time.time()
     k = args.k
