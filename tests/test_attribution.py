@@ -314,3 +314,20 @@ def test_attribution_grid_figure(models):
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def test_smoothed_maps_keep_mass_and_move_the_maximum_off_noise():
+    """A one-pixel spike beside a broad blob: the raw maximum is the spike, the smoothed one is the blob."""
+    m = torch.zeros(1, 32, 32)
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    m[0] += 0.6 * torch.exp(-((yy - 20) ** 2 + (xx - 20) ** 2) / 8)
+    m[0, 5, 5] = 1.0
+    a = Attribution(m, None, "saliency", torch.zeros(1, dtype=torch.long), {"n": 1})
+    s = a.smoothed(1.0)
+    assert int(a.maps[0].argmax()) == 5 * 32 + 5
+    assert int(s.maps[0].argmax()) == 20 * 32 + 20
+    assert float(s.maps.sum()) == pytest.approx(float(m.sum()), rel=1e-3)
+    assert s.params == {"n": 1, "smooth_sigma": 1.0} and a.params == {"n": 1} and s.raw is None
+    assert torch.equal(a.smoothed(0).maps, a.maps)
+    with pytest.raises(ValueError, match="sigma"):
+        a.smoothed(-1)

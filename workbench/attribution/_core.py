@@ -97,6 +97,27 @@ class Attribution:
     def __len__(self) -> int:
         return int(self.maps.shape[0])
 
+    def smoothed(self, sigma: float = 1.0) -> "Attribution":
+        """A copy whose maps are Gaussian-blurred with ``sigma`` pixels (``raw`` is kept as is).
+
+        Pixel-level gradient maps are dominated by high-frequency noise; a light blur (about one
+        pixel at 64 px) lets localisation metrics see the region a method points at instead of its
+        noisiest pixel. Report the sigma with the scores (it is stored in ``params["smooth_sigma"]``).
+
+        Examples:
+            >>> a = Attribution(torch.zeros(1, 16, 16), None, "saliency", torch.zeros(1, dtype=torch.long))
+            >>> a.maps[0, 8, 8] = 1.0
+            >>> s = a.smoothed(1.0)
+            >>> bool(s.maps[0, 8, 8] < 1.0), round(float(s.maps.sum()), 3), s.params["smooth_sigma"]
+            (True, 1.0, 1.0)
+        """
+        from .._image import gaussian_blur
+
+        if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or sigma < 0:
+            raise ValueError(f"sigma must be a non-negative number of pixels; got {sigma!r}.")
+        maps = gaussian_blur(self.maps.unsqueeze(1).float(), float(sigma))[:, 0].to(self.maps.dtype)
+        return Attribution(maps, self.raw, self.method, self.target, {**self.params, "smooth_sigma": float(sigma)})
+
     def plot(self, index: int = 0, ax: Any = None, *, image: torch.Tensor | None = None, **style: Any) -> Any:
         """Draw map ``index`` (over ``image`` when given); delegates to ``workbench.viz``."""
         from ..viz.attribution import attribution_map

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._core import MethodOutput, image_chunks, register_method, select_target
+from .._image import gaussian_blur
 
 
 def _grad(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None):
@@ -36,16 +37,6 @@ def _seeded(seed: int | None, device: torch.device):
         yield
 
 
-def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    r = max(1, int(3 * sigma))
-    k = torch.exp(-torch.arange(-r, r + 1, device=images.device, dtype=images.dtype) ** 2 / (2 * sigma ** 2))
-    k = (k / k.sum())
-    c = images.shape[1]
-    x = F.pad(images, (r, r, r, r), mode="replicate")
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
 def baseline_like(images: torch.Tensor, baseline: Any = 0.0) -> torch.Tensor:
     """A reference input: a number (constant image), ``"blur"`` (Gaussian, sigma = H/16),
     ``"mean"`` (per-image channel mean), or a tensor broadcastable to ``images``."""
@@ -53,7 +44,7 @@ def baseline_like(images: torch.Tensor, baseline: Any = 0.0) -> torch.Tensor:
         return torch.full_like(images, float(baseline))
     if isinstance(baseline, str):
         if baseline == "blur":
-            return _blur(images, max(1.0, images.shape[-2] / 16))
+            return gaussian_blur(images, max(1.0, images.shape[-2] / 16))
         if baseline == "mean":
             return images.mean((2, 3), keepdim=True).expand_as(images).contiguous()
         raise ValueError(f"baseline {baseline!r} is not a number, 'blur', 'mean' or a tensor.")
@@ -154,7 +145,7 @@ def gradient_shap(model: nn.Module, images: torch.Tensor, target: torch.Tensor, 
             if p == "zeros":
                 parts.append(torch.zeros_like(images[:1]))
             elif p == "blur":
-                parts.append(_blur(images, max(1.0, images.shape[-2] / 8)))
+                parts.append(gaussian_blur(images, max(1.0, images.shape[-2] / 8)))
             elif p == "uniform":
                 parts.append(torch.rand_like(images))
             else:

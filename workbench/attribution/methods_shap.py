@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ._core import MethodOutput, register_method
-from .methods_captum import _blur
+from .._image import gaussian_blur
 
 
 def _masker(kind: Any, shape: tuple[int, int, int]):
@@ -103,7 +103,7 @@ def shap_gradient(model: nn.Module, images: torch.Tensor, target: torch.Tensor, 
     if isinstance(background, str):
         if background != "zeros+blur":
             raise ValueError(f"background {background!r} is not 'zeros+blur' or a tensor.")
-        bg = torch.cat([torch.zeros_like(images[:1]), _blur(images, max(1.0, images.shape[-2] / 8))])
+        bg = torch.cat([torch.zeros_like(images[:1]), gaussian_blur(images, max(1.0, images.shape[-2] / 8))])
     else:
         bg = torch.as_tensor(background).to(images)
     raw = torch.zeros_like(images, dtype=torch.float32)

@@ -18,6 +18,7 @@ from torch import nn
 
 from .._device import model_device
 from ._common import as_maps
+from .._image import gaussian_blur
 
 MODES = ("deletion", "insertion")
 BASELINES = ("blur", "zero", "mean")
@@ -64,21 +65,6 @@ class Faithfulness:
         return deletion_curves(self, ax=ax, **style)
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (B, C, H, W) with reflect padding."""
-    r = max(1, int(round(3 * sigma)))
-    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    pad_h, pad_w = min(r, x.shape[-2] - 1), min(r, x.shape[-1] - 1)
-    y = F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect" if pad_w > 0 else "replicate")
-    y = F.conv2d(y, k[r - pad_w: r + pad_w + 1].view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    y = F.pad(y, (0, 0, pad_h, pad_h), mode="reflect" if pad_h > 0 else "replicate")
-    y = F.conv2d(y, k[r - pad_h: r + pad_h + 1].view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
-    return y
-
-
 def make_baseline(images: torch.Tensor, baseline: str | float | torch.Tensor = "blur") -> torch.Tensor:
     """The image that replaces removed pixels, (B, C, H, W).
 
@@ -95,7 +81,7 @@ def make_baseline(images: torch.Tensor, baseline: str | float | torch.Tensor = "
     if baseline == "mean":
         return images.mean(dim=(-2, -1), keepdim=True).expand_as(images)
     if baseline == "blur":
-        return _gaussian_blur(images, max(1.0, images.shape[-2] / 16))
+        return gaussian_blur(images, max(1.0, images.shape[-2] / 16))
     raise ValueError(f"baseline must be one of {BASELINES}, a number or a tensor; got {baseline!r}.")
 
 

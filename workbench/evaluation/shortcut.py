@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .._device import model_device
-from .faithfulness import _gaussian_blur
+from .._image import gaussian_blur
 
 VARIANTS = ("full", "only", "without")
 FILLS = ("mean", "zero", "blur")
@@ -65,7 +65,7 @@ def _fill(images: torch.Tensor, fill: str | float) -> torch.Tensor:
     if fill == "mean":
         return images.mean(dim=(-2, -1), keepdim=True).expand_as(images)
     if fill == "blur":
-        return _gaussian_blur(images, max(1.0, images.shape[-2] / 8))
+        return gaussian_blur(images, max(1.0, images.shape[-2] / 8))
     raise ValueError(f"fill must be one of {FILLS} or a number; got {fill!r}.")
 
 

@@ -1,0 +1,26 @@
+"""Small image operations shared by attribution, evaluation and the audit (torch, batched)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(B, C, H, W)`` with reflect padding (3 sigma taps).
+
+    Own code rather than torchvision's ``gaussian_blur``: that one needs an odd kernel size, pads
+    by the full radius (fails on images smaller than the kernel) and is not batched per channel
+    group the way the attribution baselines use it.
+    """
+    if sigma <= 0:
+        return x
+    r = max(1, int(round(3 * sigma)))
+    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    pad_h, pad_w = min(r, x.shape[-2] - 1), min(r, x.shape[-1] - 1)
+    y = F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect" if pad_w > 0 else "replicate")
+    y = F.conv2d(y, k[r - pad_w: r + pad_w + 1].view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    y = F.pad(y, (0, 0, pad_h, pad_h), mode="reflect" if pad_h > 0 else "replicate")
+    return F.conv2d(y, k[r - pad_h: r + pad_h + 1].view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
