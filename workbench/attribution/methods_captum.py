@@ -210,12 +210,16 @@ def default_window(h: int, w: int) -> tuple[int, int]:
 
 @register_method("occlusion", chunk=False)
 def occlusion(model: nn.Module, images: torch.Tensor, target: torch.Tensor, *, window: int | tuple[int, int] | None = None,
-              stride: int | tuple[int, int] | None = None, baseline: float = 0.0,
+              stride: int | tuple[int, int] | None = None, baseline: Any = "blur",
               internal_batch_size: int | None = None) -> MethodOutput:
     """Occlusion (Zeiler & Fergus) via captum: logit drop when a window is set to ``baseline``.
 
     Defaults adapt to the input: window = H/8 x W/8 (:func:`default_window`) over all channels,
-    stride = half the window. Map = channel mean (all channels share the value).
+    stride = half the window, and the window is replaced by a blurred copy of the image
+    (``baseline="blur"``, see :func:`baseline_like`; a number fills it with a constant). A black
+    square inside a radiograph's lung looks like a finding of its own (air without markings), so
+    with ``baseline=0`` the map shows the artefact, not the evidence: on the phantom at 64 px the
+    nodule pointing game was 0.0. Map = channel mean (all channels share the value).
     ``internal_batch_size`` images per forward (default 64).
     """
     from captum.attr import Occlusion
@@ -226,8 +230,10 @@ def occlusion(model: nn.Module, images: torch.Tensor, target: torch.Tensor, *, w
         (stride, stride) if isinstance(stride, int) else tuple(stride))
     ppe = max(1, (internal_batch_size or 64) // b)
     attr = Occlusion(model).attribute(images, sliding_window_shapes=(c, *win), strides=(c, *st),
-                                      baselines=baseline, target=target, perturbations_per_eval=ppe)
-    return MethodOutput(raw=attr, maps=attr.mean(1), params={"window": tuple(win), "stride": tuple(st)})
+                                      baselines=baseline_like(images, baseline), target=target,
+                                      perturbations_per_eval=ppe)
+    return MethodOutput(raw=attr, maps=attr.mean(1), params={"window": tuple(win), "stride": tuple(st),
+                                                              "baseline": baseline if isinstance(baseline, (str, int, float)) else "tensor"})
 
 
 def slic_segments(images: torch.Tensor, n_segments: int | None = None) -> torch.Tensor:
@@ -252,11 +258,12 @@ def slic_segments(images: torch.Tensor, n_segments: int | None = None) -> torch.
 
 @register_method("feature_ablation", chunk=False)
 def feature_ablation(model: nn.Module, images: torch.Tensor, target: torch.Tensor, *, n_segments: int | None = None,
-                     segments: torch.Tensor | None = None, baseline: float = 0.0,
+                     segments: torch.Tensor | None = None, baseline: Any = "blur",
                      internal_batch_size: int | None = None) -> MethodOutput:
     """Feature ablation on SLIC superpixels (captum ``FeatureAblation``).
 
-    Each superpixel (all channels) is set to ``baseline``; its value is the target-logit drop.
+    Each superpixel (all channels) is replaced by ``baseline`` (default a blurred copy of the image,
+    as for :func:`occlusion`; a number fills it with a constant); its value is the target-logit drop.
     ``segments`` ``(B, 1, H, W)`` / ``(B, H, W)`` overrides SLIC (:func:`slic_segments`).
     Map = channel mean. ``params["n_features"]`` is the largest superpixel count.
     """
@@ -268,7 +275,7 @@ def feature_ablation(model: nn.Module, images: torch.Tensor, target: torch.Tenso
         seg = seg[:, None]
     seg = seg.to(images.device)
     ppe = max(1, (internal_batch_size or 64) // b)
-    attr = FeatureAblation(model).attribute(images, baselines=baseline, target=target,
+    attr = FeatureAblation(model).attribute(images, baselines=baseline_like(images, baseline), target=target,
                                             feature_mask=seg.expand(-1, images.shape[1], -1, -1),
                                             perturbations_per_eval=ppe)
     return MethodOutput(raw=attr, maps=attr.mean(1), params={"n_features": int(seg.max()) + 1})
