@@ -21,8 +21,8 @@ times are noisy and slow; ratios are the figures to compare.
 | `bench_setup.sh` | fresh clone -> `make test` set-up time |
 | `bench_train.py` | training throughput vs bare forward+backward; MedMNIST test AUC; demo wall time |
 | `bench_phantom.py` | phantom generation speed, realism vs real radiographs, difficulty, shortcut gap |
-| `bench_attention.py` | capture / Chefer cost ratios vs timm AttentionExtract; DCMM step cost; DCMM vs plain AUC |
-| `bench_communities.py` | anatomy alignment of communities (phantom, real CXR); widget redraw latency |
+| `bench_attention.py` | capture / Chefer cost ratios vs timm AttentionExtract; DCMM step cost |
+| `bench_communities.py` | DCMM-ViT vs plain ViT AUC at 64 and 128 px; anatomy alignment of communities (phantom, real CXR); widget redraw latency |
 | `bench_attribution.py` | cost per attribution method vs forward+backward; agreement with pytorch-grad-cam |
 | `bench_evaluation.py` | method x metric table on the phantom; shortcut exposure; real-CXR budgets |
 """

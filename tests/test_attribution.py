@@ -331,3 +331,23 @@ def test_smoothed_maps_keep_mass_and_move_the_maximum_off_noise():
     assert torch.equal(a.smoothed(0).maps, a.maps)
     with pytest.raises(ValueError, match="sigma"):
         a.smoothed(-1)
+
+
+def test_occlusion_and_ablation_replace_regions_with_a_blurred_copy_by_default():
+    """The default baseline is a blurred image (in-distribution for radiographs); a constant still works.
+    A model that only reads the mean of a bright square: blurring it out drops the logit there."""
+
+    class Square(nn.Module):
+        def forward(self, x):
+            s = x[:, :, 12:20, 12:20].mean((1, 2, 3))
+            return torch.stack([-s, s], 1)
+
+    x = torch.zeros(1, 1, 32, 32)
+    x[:, :, 12:20, 12:20] = 1.0
+    for method, kw in (("occlusion", {"window": 4}), ("feature_ablation", {"segments": (torch.arange(32 * 32) // 128).view(1, 32, 32)})):
+        a = attribute(Square(), x, target=1, method=method, **kw)
+        assert a.params.get("baseline", "blur") == "blur" or method == "feature_ablation"
+        inside, outside = a.maps[0, 12:20, 12:20].mean(), a.maps[0, :8, :8].mean()
+        assert inside > 0.05 and abs(float(outside)) < 1e-6
+        zero = attribute(Square(), x, target=1, method=method, baseline=0.0, **kw)
+        assert zero.maps[0, 12:20, 12:20].mean() > inside  # a black fill removes more than a blur

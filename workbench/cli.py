@@ -47,9 +47,10 @@ def _data_kw(args: argparse.Namespace) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------- demo
 # The demo trains the small ViT of the phantom's difficulty benchmark on the default phantom's
 # "abnormal" task (all five findings): many fresh images seen a few times (ViTs want data; the
-# phantom is free), about 0.94 test AUC in a few CPU minutes (benchmarks/README.md).
+# phantom is free), about 0.94 test AUC in a few CPU minutes (benchmarks/README.md). budget_s is a
+# safety net for very slow or busy machines (fit shortens its schedule to fit it), not the plan.
 DEMO_DEFAULTS = {"size": 64, "epochs": 10, "n_train": 8000, "n_val": 400, "n_test": 800, "depth": 4,
-                 "embed_dim": 96, "num_heads": 3, "patch_size": 8, "batch_size": 64, "lr": 5e-4, "budget_s": 270}
+                 "embed_dim": 96, "num_heads": 3, "patch_size": 8, "batch_size": 64, "lr": 5e-4, "budget_s": 900}
 DEMO_QUICK = {"size": 32, "epochs": 1, "n_train": 64, "n_val": 32, "n_test": 64, "depth": 2,
               "embed_dim": 96, "num_heads": 3, "patch_size": 8, "batch_size": 32, "lr": 1e-3, "budget_s": 120}
 DEMO_STRUCTURES = ("left_lung", "right_lung", "heart", "mediastinum", "diaphragm")
