@@ -70,15 +70,13 @@ def _demo_figures(out: Path, model: Any, test: Any, report: dict[str, Any]) -> N
     idx = list(range(min(8, len(test))))
     batch = test.batch(idx)
     structures = [s for s in DEMO_STRUCTURES if s in batch["masks"]]
-    try:
+    def gallery() -> None:
         fig = viz.gallery(test, n=8)
         viz.save_figure(fig, out / "gallery.png", params={"n": 8})
         plt.close(fig)
         report["figures"].append("gallery.png")
-    except Exception as e:  # an optional figure must not lose the trained model and metrics
-        report["notes"].append(f"phantom gallery failed: {type(e).__name__}: {e}")
-        warnings.warn(report["notes"][-1], stacklevel=2)
-    try:
+
+    def overlay() -> None:
         from workbench.communities import communities
 
         model.eval()
@@ -89,14 +87,14 @@ def _demo_figures(out: Path, model: Any, test: Any, report: dict[str, Any]) -> N
                                                                       "index": 0})
         plt.close(fig)
         report["figures"].append("attention_communities.png")
-    except Exception as e:  # an optional figure must not lose the trained model and metrics
-        report["notes"].append(f"anatomy-grouped attention overlay failed: {type(e).__name__}: {e}")
-        warnings.warn(report["notes"][-1], stacklevel=2)
-    try:
-        _demo_relevance(out, model, test, structures, report)
-    except Exception as e:  # an optional figure must not lose the trained model and metrics
-        report["notes"].append(f"relevance-by-structure figures failed: {type(e).__name__}: {e}")
-        warnings.warn(report["notes"][-1], stacklevel=2)
+
+    for what, draw in (("phantom gallery", gallery), ("anatomy-grouped attention overlay", overlay),
+                       ("relevance-by-structure figures", lambda: _demo_relevance(out, model, test, structures, report))):
+        try:
+            draw()
+        except Exception as e:  # an optional figure must not lose the trained model and metrics
+            report["notes"].append(f"{what} failed: {type(e).__name__}: {e}")
+            warnings.warn(report["notes"][-1], stacklevel=2)
 
 
 def _demo_relevance(out: Path, model: Any, test: Any, structures: list[str], report: dict[str, Any]) -> None:
