@@ -122,9 +122,10 @@ def main() -> None:
     }
     ig_steps = [int(v) for v in args.ig.split(",")]
     rows, agree = [], []
-    # warm shap's numba JIT (tens of seconds, once per process) outside the timings
+    # warm shap's numba JIT (tens of seconds, once per process) and build the image masker for this
+    # size (about a second at 224 px; workbench keeps it for later calls) outside the timings
     if args.methods is None or "shap_partition" in args.methods:
-        attribute(models["resnet18"].to(dev).eval(), torch.rand(1, 1, 32, 32, device=dev), target=0,
+        attribute(models["resnet18"].to(dev).eval(), torch.rand(1, 1, args.size, args.size, device=dev), target=0,
                   method="shap_partition", max_evals=20)
     for name, m in models.items():
         m = m.to(dev).eval()
