@@ -24,3 +24,26 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     y = F.conv2d(y, k[r - pad_w: r + pad_w + 1].view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
     y = F.pad(y, (0, 0, pad_h, pad_h), mode="reflect" if pad_h > 0 else "replicate")
     return F.conv2d(y, k[r - pad_h: r + pad_h + 1].view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+
+REFERENCES = ("zero", "mean", "blur")
+
+
+def reference_like(images: torch.Tensor, spec: object, *, blur_divisor: float = 16, name: str = "baseline") -> torch.Tensor:
+    """A reference image for ``images`` ``(B, C, H, W)``: a number (constant), ``"zero"``,
+    ``"mean"`` (per-image channel mean), ``"blur"`` (Gaussian, sigma = H / ``blur_divisor``, at
+    least 1 px) or a tensor broadcastable to ``images``. ``name`` labels the argument in errors.
+
+    One helper behind attribution baselines, deletion/insertion baselines and the audit's fills.
+    """
+    if isinstance(spec, torch.Tensor):
+        return spec.to(images.device, images.dtype).expand_as(images).contiguous()
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        return torch.full_like(images, float(spec))
+    if spec == "zero":
+        return torch.zeros_like(images)
+    if spec == "mean":
+        return images.mean(dim=(-2, -1), keepdim=True).expand_as(images).contiguous()
+    if spec == "blur":
+        return gaussian_blur(images, max(1.0, images.shape[-2] / blur_divisor))
+    raise ValueError(f"{name} must be one of {REFERENCES}, a number or a tensor; got {spec!r}.")

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._core import MethodOutput, image_chunks, register_method, select_target
-from .._image import gaussian_blur
+from .._image import gaussian_blur, reference_like
 
 
 def _grad(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None):
@@ -38,19 +38,9 @@ def _seeded(seed: int | None, device: torch.device):
 
 
 def baseline_like(images: torch.Tensor, baseline: Any = 0.0) -> torch.Tensor:
-    """A reference input: a number (constant image), ``"blur"`` (Gaussian, sigma = H/16),
+    """A reference input: a number (constant image), ``"zero"``, ``"blur"`` (Gaussian, sigma = H/16),
     ``"mean"`` (per-image channel mean), or a tensor broadcastable to ``images``."""
-    if isinstance(baseline, (int, float)):
-        return torch.full_like(images, float(baseline))
-    if isinstance(baseline, str):
-        if baseline == "blur":
-            return gaussian_blur(images, max(1.0, images.shape[-2] / 16))
-        if baseline == "mean":
-            return images.mean((2, 3), keepdim=True).expand_as(images).contiguous()
-        raise ValueError(f"baseline {baseline!r} is not a number, 'blur', 'mean' or a tensor.")
-    if isinstance(baseline, torch.Tensor):
-        return baseline.to(images).expand_as(images).contiguous()
-    raise TypeError(f"baseline must be a number, 'blur', 'mean' or a tensor, got {type(baseline).__name__}.")
+    return reference_like(images, baseline)
 
 
 @register_method("saliency", own_target=True)

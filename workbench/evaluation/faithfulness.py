@@ -18,7 +18,7 @@ from torch import nn
 
 from .._device import model_device
 from ._common import as_maps
-from .._image import gaussian_blur
+from .._image import reference_like
 
 MODES = ("deletion", "insertion")
 BASELINES = ("blur", "zero", "mean")
@@ -72,17 +72,7 @@ def make_baseline(images: torch.Tensor, baseline: str | float | torch.Tensor = "
     keeping the overall intensity); ``"zero"``: black; ``"mean"``: each image's per-channel mean; a
     number: that constant; a tensor broadcastable to the images: itself.
     """
-    if isinstance(baseline, torch.Tensor):
-        return baseline.to(images.device, images.dtype).expand_as(images)
-    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        return torch.full_like(images, float(baseline))
-    if baseline == "zero":
-        return torch.zeros_like(images)
-    if baseline == "mean":
-        return images.mean(dim=(-2, -1), keepdim=True).expand_as(images)
-    if baseline == "blur":
-        return gaussian_blur(images, max(1.0, images.shape[-2] / 16))
-    raise ValueError(f"baseline must be one of {BASELINES}, a number or a tensor; got {baseline!r}.")
+    return reference_like(images, baseline, blur_divisor=16)
 
 
 def _probabilities(logits: torch.Tensor, activation: str) -> torch.Tensor:

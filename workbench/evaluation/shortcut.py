@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .._device import model_device
-from .._image import gaussian_blur
+from .._image import reference_like
 
 VARIANTS = ("full", "only", "without")
 FILLS = ("mean", "zero", "blur")
@@ -58,15 +58,9 @@ def _region(masks: Mapping[str, torch.Tensor], structures: Sequence[str], box: b
 
 
 def _fill(images: torch.Tensor, fill: str | float) -> torch.Tensor:
-    if isinstance(fill, (int, float)) and not isinstance(fill, bool):
-        return torch.full_like(images, float(fill))
-    if fill == "zero":
-        return torch.zeros_like(images)
-    if fill == "mean":
-        return images.mean(dim=(-2, -1), keepdim=True).expand_as(images)
-    if fill == "blur":
-        return gaussian_blur(images, max(1.0, images.shape[-2] / 8))
-    raise ValueError(f"fill must be one of {FILLS} or a number; got {fill!r}.")
+    if isinstance(fill, torch.Tensor):
+        raise ValueError(f"fill must be one of {FILLS} or a number; got a tensor.")
+    return reference_like(images, fill, blur_divisor=8, name="fill")
 
 
 def mask_images(images: torch.Tensor, region: torch.Tensor, variant: str, fill: str | float = "mean") -> torch.Tensor:
