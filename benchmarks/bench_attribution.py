@@ -6,7 +6,7 @@ the same run) and agreement with peers (pytorch-grad-cam, captum). Prints a mark
 
 FB = forward + ``backward()`` of the summed target logits w.r.t. the parameters (a training
 step without the optimiser); F = a ``no_grad`` forward. Each method is timed interleaved with
-FB and F (medians over ``--reps``; expensive methods once). Targets are given explicitly
+FB and F (medians over ``--reps``; expensive methods once, SHAP Partition three times). Targets are given explicitly
 (the predicted class), so no method spends a forward on finding them. Models are randomly
 initialised (cost does not depend on the weights); 1-channel inputs, as for radiographs.
 """
@@ -65,11 +65,13 @@ class Bench:
 
     def run(self, fn, reps=None):
         """Median time of ``fn``; ``self.local_fb`` / ``self.local_f`` are the medians of the FB and
-        F runs interleaved with it (ratios use those, robust to load changing over a run)."""
+        F runs interleaved with it (ratios use those, robust to load changing over a run). Each
+        round times FB and F three times: a single 0.1 s forward is too noisy a yardstick."""
         ts, fbs, fs = [], [], []
         for _ in range(reps or self.reps):
-            fbs.append(timed(self.fb, self.dev))
-            fs.append(timed(self.f, self.dev))
+            for _ in range(3):
+                fbs.append(timed(self.fb, self.dev))
+                fs.append(timed(self.f, self.dev))
             ts.append(timed(fn, self.dev))
         self.fb_times += fbs
         self.f_times += fs
@@ -211,7 +213,7 @@ def main() -> None:
         def sp():
             res["a"] = attribute(m, x, target=t, method="shap_partition", max_evals=me)
 
-        sec = bench.run(sp, 1)
+        sec = bench.run(sp, 3)
         ratio = sec / bench.local_f
         rows.append((name, "shap_partition", f"max_evals={me}, blur", f"{1000 * sec / b:.0f}",
                      f"{ratio:.1f}x F = {ratio / me:.2f} max_evals x F", "<= 1.0 max_evals x F",
@@ -220,8 +222,8 @@ def main() -> None:
                      f"{1000 * bench.F / b:.0f}", "1x FB", "", "", ""))
 
     lines = [f"Attribution cost, batch {b} x 1 x {s} x {s}, device {dev}, torch {torch.__version__}, "
-             f"{torch.get_num_threads()} threads; medians over {args.reps} interleaved runs (expensive methods: 1); "
-             "each ratio uses the FB/F runs interleaved with that method; ms/image is that method's own time.",
+             f"{torch.get_num_threads()} threads; medians over {args.reps} interleaved runs (expensive methods: 1, SHAP Partition: 3); "
+             "each ratio uses the FB/F runs interleaved with that method (3 of each per round); ms/image is that method's own time.",
              "", "| model | method | settings | ms/image | cost | target | met | notes |",
              "|---|---|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]

@@ -351,3 +351,46 @@ def test_occlusion_and_ablation_replace_regions_with_a_blurred_copy_by_default()
         assert inside > 0.05 and abs(float(outside)) < 1e-6
         zero = attribute(Square(), x, target=1, method=method, baseline=0.0, **kw)
         assert zero.maps[0, 12:20, 12:20].mean() > inside  # a black fill removes more than a blur
+
+
+@pytest.mark.slow  # shap import + numba JIT
+@pytest.mark.parametrize("channels", [1, 3])
+def test_shap_partition_values_sum_to_the_masked_gap(models, channels):
+    """Owen values are efficient: per image they add up to f(x) - f(everything masked), with the
+    image's own channels (a grayscale image is explained over H*W features, not 3 copies)."""
+    from workbench.attribution.methods_shap import _masker
+
+    m = models[("cnn", channels)]
+    x = torch.rand(2, channels, 32, 32)
+    t = torch.tensor([1, 2])
+    a = attribute(m, x, target=t, method="shap_partition", max_evals=60)
+    assert a.raw.shape == (2, channels, 32, 32) and a.params["model_evals"] <= 2 * 60 + 2
+    mk = _masker("blur", (32, 32, channels))
+    for i in range(2):
+        xi = x[i].permute(1, 2, 0).numpy()
+        hidden = torch.from_numpy(mk(None, xi)[0]).reshape(1, 32, 32, channels).permute(0, 3, 1, 2)
+        with torch.no_grad():
+            gap = float(m(x[i:i + 1])[0, t[i]] - m(hidden)[0, t[i]])
+        assert abs(float(a.raw[i].sum()) - gap) < 1e-4 + 1e-3 * abs(gap)
+    # the model's chunk size changes speed only; shap's plan is fixed by plan_batch
+    small = attribute(m, x, target=t, method="shap_partition", max_evals=60, internal_batch_size=3)
+    assert torch.allclose(small.raw, a.raw, atol=1e-6)
+    with pytest.raises(ValueError, match="plan_batch"):
+        attribute(m, x, target=t, method="shap_partition", max_evals=60, plan_batch=0)
+
+
+@pytest.mark.slow
+def test_shap_partition_inpaint_sees_unit_range_images():
+    """OpenCV inpainting casts to 8 bits; images in [0, 1] are scaled for it and back, so the model
+    sees inpainted mid-grey, not a picture quantised to 0/1."""
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return torch.stack([x.mean((1, 2, 3)), -x.mean((1, 2, 3))], 1)
+
+    x = 0.5 + 0.05 * torch.rand(1, 1, 24, 24)
+    attribute(Probe(), x, target=0, method="shap_partition", masker="inpaint_telea", max_evals=20)
+    fed = torch.cat(seen)
+    assert fed.min() > 0.3 and fed.max() < 0.7

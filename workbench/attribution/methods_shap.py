@@ -38,24 +38,32 @@ def _image_masker(kind: str, shape: tuple[int, int, int]):
 
 @register_method("shap_partition", chunk=False)
 def shap_partition(model: nn.Module, images: torch.Tensor, target: torch.Tensor, *, max_evals: int = 500,
-                   masker: Any = "blur", internal_batch_size: int | None = None,
+                   masker: Any = "blur", plan_batch: int = 100, internal_batch_size: int | None = None,
                    progress: bool = False) -> MethodOutput:
     """Partition SHAP (Owen values over a pixel hierarchy) with ``shap.maskers.Image``.
 
     ``masker="blur"`` hides regions by a box blur of half the image side (shap's own image
-    examples use blur(128,128) at 224 px); ``"inpaint_telea"``, ``"inpaint_ns"``, any shap masker
-    string such as ``"blur(9,9)"``, or a masker object also work. 1-channel images are given to
-    shap as 3 identical channels (its OpenCV blur drops a singleton channel axis) and averaged
-    back before the model; ``raw`` is summed back to 1 channel. Cost: ``max_evals`` model
-    evaluations per image, in batches of ``internal_batch_size`` (default 100).
+    examples use blur(128,128) at 224 px); ``"inpaint_telea"``, ``"inpaint_ns"`` (OpenCV
+    inpainting, which works on 8-bit images: images in [0, 1] are handed to it scaled by 255),
+    any shap masker string such as ``"blur(9,9)"``, or a masker object also work. Images keep
+    their own channels: a grayscale radiograph is explained over ``H * W`` features, not three
+    copies of them (a third of shap's per-image bookkeeping, identical values).
+
+    Cost: ``max_evals`` model evaluations per image. shap plans them in steps of up to
+    ``plan_batch`` (100, shap's usual size) masked images; the model gets each step in chunks of
+    ``internal_batch_size`` (default: the whole step), so that setting bounds memory and changes
+    speed, never the values.
     """
     import shap
 
+    if not isinstance(plan_batch, int) or plan_batch < 1:
+        raise ValueError(f"plan_batch must be a positive int (masked images shap evaluates per step), got {plan_batch!r}.")
     b, c, h, w = images.shape
     dev, dt = images.device, images.dtype
-    one = c == 1
-    shape = (h, w, 3 if one else c)
-    bs = int(internal_batch_size or 100)
+    shape = (h, w, c)
+    bs = int(internal_batch_size or plan_batch)
+    # OpenCV inpainting casts to uint8: give it 0-255 images and scale back before the model
+    scale = 255.0 if isinstance(masker, str) and masker.startswith("inpaint") else 1.0
 
     outs = []
     evals = [0]
@@ -65,24 +73,19 @@ def shap_partition(model: nn.Module, images: torch.Tensor, target: torch.Tensor,
 
         def f(x: np.ndarray) -> np.ndarray:
             xt = torch.as_tensor(np.ascontiguousarray(x), dtype=dt, device=dev).permute(0, 3, 1, 2)
-            if one:
-                xt = xt.mean(1, keepdim=True)
+            if scale != 1.0:
+                xt = xt / scale
             evals[0] += len(xt)
             with torch.no_grad():
                 return torch.cat([model(xt[j:j + bs])[:, ti:ti + 1] for j in range(0, len(xt), bs)]).float().cpu().numpy()
 
-        x = images[i:i + 1].permute(0, 2, 3, 1)
-        if one:
-            x = x.expand(-1, -1, -1, 3)
-        x = x.float().cpu().numpy()
+        x = images[i:i + 1].permute(0, 2, 3, 1).float().cpu().numpy() * scale
         ex = shap.Explainer(f, mk)
-        sv = ex(x, max_evals=int(max_evals), batch_size=bs, silent=not progress)
-        v = np.asarray(sv.values)[0]
-        v = v.reshape(h, w, shape[2])
-        t = torch.from_numpy(v).permute(2, 0, 1)
-        outs.append(t.sum(0, keepdim=True) if one else t)
+        sv = ex(x, max_evals=int(max_evals), batch_size=int(plan_batch), silent=not progress)
+        v = np.asarray(sv.values)[0].reshape(h, w, c)
+        outs.append(torch.from_numpy(v).permute(2, 0, 1))
     raw = torch.stack(outs).to(dev)
-    return MethodOutput(raw=raw, params={"max_evals": int(max_evals), "model_evals": evals[0], "masker": masker if isinstance(masker, str) else "custom"})
+    return MethodOutput(raw=raw, params={"max_evals": int(max_evals), "model_evals": evals[0], "plan_batch": int(plan_batch), "masker": masker if isinstance(masker, str) else "custom"})
 
 
 class _TargetLogit(nn.Module):
