@@ -394,3 +394,23 @@ def test_shap_partition_inpaint_sees_unit_range_images():
     attribute(Probe(), x, target=0, method="shap_partition", masker="inpaint_telea", max_evals=20)
     fed = torch.cat(seen)
     assert fed.min() > 0.3 and fed.max() < 0.7
+
+
+def test_smoothgrad_averages_signed_gradients_then_takes_the_magnitude():
+    """Smilkov et al.'s reference: mean of gradients over noisy copies, magnitude afterwards, so the
+    noise cancels. f = 0.5 * sum(x^2) has gradient x: on the black background SmoothGrad must be ~0
+    (mean |x + noise| would be 0.8 sigma there), on the bright square ~1."""
+
+    class Square(nn.Module):
+        def forward(self, x):
+            e = 0.5 * (x ** 2).sum((1, 2, 3))
+            return torch.stack([e, -e], 1)
+
+    x = torch.zeros(2, 1, 16, 16)
+    x[:, :, 4:8, 4:8] = 1.0
+    a = attribute(Square(), x, target=0, method="smoothgrad", nt_samples=200, stdevs=0.2)
+    assert a.maps[:, 10:, 10:].abs().mean() < 0.05
+    assert (a.maps[:, 4:8, 4:8] - 1).abs().mean() < 0.05
+    signed = attribute(Square(), x, target=1, method="smoothgrad", nt_samples=200, stdevs=0.2, abs=False)
+    assert (signed.maps[:, 4:8, 4:8] + 1).abs().mean() < 0.05  # d(-e)/dx = -x
+    assert signed.params["abs"] is False and a.params["stdevs_abs"] == pytest.approx(0.2)

@@ -91,13 +91,21 @@ def integrated_gradients(model: nn.Module, images: torch.Tensor, target: torch.T
 
 @register_method("smoothgrad", chunk=False)
 def smoothgrad(model: nn.Module, images: torch.Tensor, target: torch.Tensor, *, nt_samples: int = 16,
-               stdevs: float = 0.15, base: str = "saliency", n_steps: int = 16, seed: int | None = 0,
-               internal_batch_size: int | None = None) -> MethodOutput:
+               stdevs: float = 0.05, base: str = "saliency", abs: bool = True, n_steps: int = 16,
+               seed: int | None = 0, internal_batch_size: int | None = None) -> MethodOutput:
     """SmoothGrad (Smilkov et al. 2017): captum ``NoiseTunnel`` over saliency or IG.
 
-    ``stdevs`` is relative to the batch's input range (0.15 x (max - min)), as in the paper.
-    ``base="saliency"`` averages |gradient|; ``base="integrated_gradients"`` averages IG with
-    ``n_steps``. Seeded (``seed``) without touching the global RNG. Map = sum over channels.
+    ``base="saliency"`` averages the signed gradient over ``nt_samples`` noisy copies and, with
+    ``abs=True``, takes its magnitude afterwards (the paper's reference code; averaging |gradient|
+    instead, captum's ``Saliency(abs=True)`` inside the tunnel, keeps the noise it should cancel).
+    ``base="integrated_gradients"`` averages IG with ``n_steps`` (signed).
+
+    ``stdevs`` is relative to the batch's input range. The paper's 10-20 % suits photographs; a
+    small lesion on a radiograph is itself only 15-30 % brighter than its surroundings, and noise
+    that strong drowns it. Nodule pointing game on the phantom at 64 px (40 images, n = 16,
+    trained ResNet-18 / ViT): sigma 0.02: 0.38 / 0.38, 0.05: 0.43 / 0.43, 0.10: 0.25 / 0.18,
+    0.15: 0.05 / 0.15; plain saliency 0.28 / 0.38. Hence the default 0.05. Seeded (``seed``)
+    without touching the global RNG. Map = sum over channels.
     """
     from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
 
@@ -106,7 +114,7 @@ def smoothgrad(model: nn.Module, images: torch.Tensor, target: torch.Tensor, *, 
     per = 1 if base == "saliency" else int(n_steps)
     nsb = None if internal_batch_size is None else max(1, internal_batch_size // (b * per))
     if base == "saliency":
-        inner, extra = Saliency(model), {"abs": True}
+        inner, extra = Saliency(model), {"abs": False}
     elif base == "integrated_gradients":
         inner, extra = IntegratedGradients(model), {"n_steps": int(n_steps)}
     else:
@@ -114,7 +122,9 @@ def smoothgrad(model: nn.Module, images: torch.Tensor, target: torch.Tensor, *, 
     with _seeded(seed, images.device):
         attr = NoiseTunnel(inner).attribute(images, nt_type="smoothgrad", nt_samples=int(nt_samples),
                                             nt_samples_batch_size=nsb, stdevs=stdevs * span, target=target, **extra)
-    return MethodOutput(raw=attr, params={"stdevs_abs": stdevs * span})
+    if base == "saliency" and abs:
+        attr = attr.abs()
+    return MethodOutput(raw=attr, params={"stdevs_abs": stdevs * span, "abs": bool(abs and base == "saliency")})
 
 
 @register_method("gradient_shap", chunk=False)
