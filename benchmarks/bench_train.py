@@ -144,7 +144,7 @@ TITLES = {"throughput": "Training throughput (fit / bare forward+backward)",
 
 def _update(sections: dict[str, str]) -> str:
     text = TABLE.read_text() if TABLE.exists() else "# Training benchmarks\n"
-    header = (f"\n_Machine: {os.cpu_count()} CPU cores (shared with other jobs), torch {torch.__version__}, "
+    header = (f"\n_Machine: {os.cpu_count()} CPU cores (1-min load {os.getloadavg()[0]:.1f} at the end), torch {torch.__version__}, "
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}._\n")
     for part, body in sections.items():
         block = f"## {TITLES[part]}\n{header}\n{body}\n"

@@ -1,8 +1,23 @@
 """Small image operations shared by attribution, evaluation and the audit (torch, batched)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
+
+
+def size_pair(size: int | Sequence[int], name: str = "size") -> tuple[int, int]:
+    """``(H, W)`` from an int or a pair; ``name`` is the argument named in the error."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        out = (size, size)
+    elif isinstance(size, Sequence) and not isinstance(size, str) and len(size) == 2:
+        out = (int(size[0]), int(size[1]))
+    else:
+        raise TypeError(f"{name} must be an int or an (H, W) pair; got {size!r}.")
+    if min(out) < 1:
+        raise ValueError(f"{name} must be positive; got {size!r}.")
+    return out
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -24,6 +24,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from .._image import size_pair
+
 __all__ = ["Compose", "Resize", "ToChannels", "Normalize", "RandomAffine", "RandomHorizontalFlip", "RandomIntensity",
            "resize_images", "resize_masks", "to_channels", "affine"]
 
@@ -32,15 +34,7 @@ _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's convert("L")
 
 
 def _size2(size: Size) -> tuple[int, int]:
-    if isinstance(size, int) and not isinstance(size, bool):
-        out = (size, size)
-    elif isinstance(size, Sequence) and len(size) == 2:
-        out = (int(size[0]), int(size[1]))
-    else:
-        raise TypeError(f"size must be an int or an (H, W) pair; got {size!r}.")
-    if min(out) < 1:
-        raise ValueError(f"size must be positive; got {size!r}.")
-    return out
+    return size_pair(size, "size")
 
 
 # ----------------------------------------------------------------------------- functional

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from .._image import size_pair
 
 # short name -> timm architecture
 SHORT_NAMES: dict[str, str] = {
@@ -115,15 +116,7 @@ def list_models() -> list[str]:
 
 
 def _size_tuple(img_size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(img_size, int) and not isinstance(img_size, bool):
-        size = (img_size, img_size)
-    elif isinstance(img_size, (tuple, list)) and len(img_size) == 2:
-        size = (int(img_size[0]), int(img_size[1]))
-    else:
-        raise TypeError(f"img_size must be an int or an (H, W) pair; got {img_size!r}.")
-    if min(size) < 1:
-        raise ValueError(f"img_size must be positive; got {img_size!r}.")
-    return size
+    return size_pair(img_size, "img_size")
 
 
 def default_patch_size(img_size: int | Sequence[int]) -> int:
