@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from workbench.data._base import ArrayDataset
-from workbench.data.transforms import _size2
+from workbench._image import size_pair
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
 
@@ -282,7 +282,7 @@ def load_folder(root: str | Path, split: str | None = "train", size: Any = None,
                 f"{v}: {k[1]}x{k[0]}" for k, v in list(shapes.items())[:3]) + "); pass size= to resize them at load time.")
         hw = arrays[0].shape[:2] if arrays else (1, 1)
     else:
-        hw = _size2(size)
+        hw = size_pair(size, "size")
     n_ch = channels or (3 if any(a.ndim == 3 for a in arrays) else 1)
     is_float = any(a.dtype != np.uint8 for a in arrays)
     out = np.zeros((len(arrays), n_ch, *hw), np.float32 if is_float else np.uint8)

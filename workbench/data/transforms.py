@@ -33,10 +33,6 @@ Size = int | Sequence[int]
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's convert("L")
 
 
-def _size2(size: Size) -> tuple[int, int]:
-    return size_pair(size, "size")
-
-
 # ----------------------------------------------------------------------------- functional
 def resize_images(images: torch.Tensor, size: Size, *, antialias: bool = True,
                   chunk: int = 512) -> torch.Tensor:
@@ -51,7 +47,7 @@ def resize_images(images: torch.Tensor, size: Size, *, antialias: bool = True,
     Returns:
         The images at ``size``, same dtype (uint8 is rounded and clipped) and device.
     """
-    h, w = _size2(size)
+    h, w = size_pair(size, "size")
     if images.ndim not in (3, 4):
         raise ValueError(f"images must be (C, H, W) or (N, C, H, W); got shape {tuple(images.shape)}.")
     if tuple(images.shape[-2:]) == (h, w):
@@ -85,7 +81,7 @@ def resize_masks(masks: torch.Tensor | Mapping[str, torch.Tensor], size: Size
     """
     if isinstance(masks, Mapping):
         return {k: resize_masks(v, size) for k, v in masks.items()}
-    h, w = _size2(size)
+    h, w = size_pair(size, "size")
     m = torch.as_tensor(masks)
     if m.ndim < 2:
         raise ValueError(f"masks must be (..., H, W); got shape {tuple(m.shape)}.")
@@ -228,7 +224,7 @@ class Resize:
     def __init__(self, size: Size, antialias: bool = True, interpolation: str = "bilinear") -> None:
         if interpolation not in ("bilinear", "nearest"):
             raise ValueError(f"interpolation must be 'bilinear' or 'nearest'; got {interpolation!r}.")
-        self.size, self.antialias, self.interpolation = _size2(size), antialias, interpolation
+        self.size, self.antialias, self.interpolation = size_pair(size, "size"), antialias, interpolation
 
     def __call__(self, x: Any) -> Any:
         d, img, _ = _split(x)

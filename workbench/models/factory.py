@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+
 from .._image import size_pair
 
 # short name -> timm architecture
@@ -115,13 +116,9 @@ def list_models() -> list[str]:
     return sorted(SHORT_NAMES)
 
 
-def _size_tuple(img_size: int | Sequence[int]) -> tuple[int, int]:
-    return size_pair(img_size, "img_size")
-
-
 def default_patch_size(img_size: int | Sequence[int]) -> int:
     """Patch size used for ViTs when ``patch_size`` is not given: 16 from 128 px, 8 from 48 px, else 4."""
-    m = min(_size_tuple(img_size))
+    m = min(size_pair(img_size, "img_size"))
     return 16 if m >= 128 else 8 if m >= 48 else 4
 
 
@@ -188,7 +185,7 @@ def create(name: str, num_classes: int, img_size: int | Sequence[int] = 224, in_
         raise ValueError(f"in_chans must be a positive int (1 for grey images, 3 for RGB); got {in_chans!r}.")
     if attention not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}; got {attention!r}.")
-    size = _size_tuple(img_size)
+    size = size_pair(img_size, "img_size")
     if timm_name.startswith("convnext") and min(size) < 32:
         raise ValueError(f"{name} downsamples by 32 and cannot take img_size {size}; resize images to at "
                          "least 32 px (e.g. workbench.data.load(..., size=64)) or use resnet18 / a ViT.")
