@@ -414,3 +414,22 @@ def test_smoothgrad_averages_signed_gradients_then_takes_the_magnitude():
     signed = attribute(Square(), x, target=1, method="smoothgrad", nt_samples=200, stdevs=0.2, abs=False)
     assert (signed.maps[:, 4:8, 4:8] + 1).abs().mean() < 0.05  # d(-e)/dx = -x
     assert signed.params["abs"] is False and a.params["stdevs_abs"] == pytest.approx(0.2)
+
+
+def test_integrated_gradients_default_passes_are_bounded_and_change_nothing(models):
+    """Without internal_batch_size, IG runs passes of about 2**20 input values on a CPU (16 inputs of
+    1 x 256 x 256 here) instead of images x steps at once; the values are those of one big pass."""
+    from workbench.attribution._core import default_batch
+
+    m = models[("cnn", 1)]
+    x = torch.rand(3, 1, 256, 256)
+    assert default_batch(x) == 16 and default_batch(torch.rand(2, 1, 64, 64)) == 256
+    sizes = []
+    h = m.register_forward_pre_hook(lambda mod, a: sizes.append(a[0].shape[0]))
+    try:
+        chunked = attribute(m, x, target=1, method="integrated_gradients", n_steps=8)
+    finally:
+        h.remove()
+    assert max(sizes) <= 16
+    whole = attribute(m, x, target=1, method="integrated_gradients", n_steps=8, internal_batch_size=10_000)
+    torch.testing.assert_close(chunked.raw, whole.raw, atol=1e-6, rtol=1e-4)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._core import MethodOutput, image_chunks, register_method, select_target
+from ._core import MethodOutput, default_batch, image_chunks, register_method, select_target
 from .._image import gaussian_blur, reference_like
 
 
@@ -70,18 +70,19 @@ def integrated_gradients(model: nn.Module, images: torch.Tensor, target: torch.T
     Baseline: zeros by default (black image, the natural "no signal" of radiographs in [0, 1]);
     ``"blur"``, ``"mean"``, a number or a tensor also work. ``params["delta"]`` ``(B,)`` is
     captum's completeness error ``sum(raw) - (f(x) - f(baseline))`` for the target logit; it
-    shrinks with ``n_steps``. Cost: ``n_steps`` forward+backward per image plus two forwards.
-    Map = sum over channels (signed).
+    shrinks with ``n_steps``. Cost: ``n_steps`` forward+backward per image plus two forwards, in
+    passes of ``internal_batch_size`` inputs (default: ``default_batch``, about a million input
+    values per pass on a CPU). Map = sum over channels (signed).
     """
     from captum.attr import IntegratedGradients
 
     base = baseline_like(images, baseline)
     ig = IntegratedGradients(model)
+    ibs = internal_batch_size or default_batch(images)
     attrs, deltas = [], []
-    for sl in image_chunks(images.shape[0], 1, internal_batch_size):  # captum needs ibs >= images
+    for sl in image_chunks(images.shape[0], 1, ibs):  # captum needs ibs >= images
         a, d = ig.attribute(images[sl], baselines=base[sl], target=target[sl], n_steps=int(n_steps),
-                            method=integration, internal_batch_size=internal_batch_size,
-                            return_convergence_delta=True)
+                            method=integration, internal_batch_size=ibs, return_convergence_delta=True)
         attrs.append(a)
         deltas.append(d.detach())
     attr, delta = torch.cat(attrs), torch.cat(deltas)
