@@ -11,7 +11,6 @@ import warnings
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ._core import MethodOutput, default_batch, image_chunks, register_method, select_target

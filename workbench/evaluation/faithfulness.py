@@ -21,7 +21,6 @@ from ._common import as_maps
 from .._image import reference_like
 
 MODES = ("deletion", "insertion")
-BASELINES = ("blur", "zero", "mean")
 
 
 @dataclass(frozen=True)
