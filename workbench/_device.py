@@ -29,3 +29,21 @@ def model_device(model: torch.nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def model_on(model: torch.nn.Module, device: str | torch.device | None) -> tuple[torch.nn.Module, torch.device]:
+    """``(model, device)`` to run on: the model itself when ``device`` is None or already its device,
+    else a deep copy moved there (the caller's model never changes device).
+
+    Examples:
+        >>> m = torch.nn.Linear(2, 2)
+        >>> model_on(m, None)[0] is m, model_on(m, "cpu")[1]
+        (True, device(type='cpu'))
+    """
+    here = model_device(model)
+    dev = here if device is None else resolve_device(device)
+    if dev == here:
+        return model, dev
+    import copy
+
+    return copy.deepcopy(model).to(dev), dev

@@ -18,7 +18,6 @@ patch *receives* from all patch queries.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workbench._device import model_device, resolve_device
+from workbench._device import model_on
 from workbench.capture import SUPPORTED_ATTENTION, StopForward, attention_modules, capture_attention, select_layers
 
 __all__ = ["AttentionMaps", "attention_maps", "cls_attention", "rollout", "chefer_relevance", "upsample"]
@@ -106,9 +105,7 @@ def _prepare(model: nn.Module, images: torch.Tensor, device: Any) -> tuple[nn.Mo
         raise ValueError("images is an empty batch; pass at least one image.")
     if torch.isnan(images).any():
         raise ValueError("images contain NaN values; clean or mask them before computing attention maps.")
-    dev = model_device(model) if device is None else resolve_device(device)
-    if dev != model_device(model):
-        model = copy.deepcopy(model).to(dev)  # never move the caller's model
+    model, dev = model_on(model, device)  # never move the caller's model
     return model, images.to(dev)
 
 

@@ -8,7 +8,6 @@ target resolution and validation, batching, shape checks, and moving results bac
 """
 from __future__ import annotations
 
-import copy
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Sequence
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._device import model_device, resolve_device
+from .._device import model_on
 from .._registry import Registry
 
 METHODS: Registry[Callable[..., Any]] = Registry("attribution method")
@@ -336,13 +335,7 @@ def attribute(model: nn.Module, images: torch.Tensor, target: Any = None,
     b = images.shape[0]
     tgt = _as_target(target, b)
 
-    run_model = model
-    dev = model_device(model)
-    if device is not None:
-        want = resolve_device(device)
-        if want != dev:
-            run_model = copy.deepcopy(model).to(want)
-            dev = want
+    run_model, dev = model_on(model, device)
     x = _to_model(images, dev, _param_dtype(run_model))
 
     modes = [(m, m.training) for m in run_model.modules()]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._device import model_device
+from .._device import model_on
 from ._common import as_maps
 from .._image import reference_like
 
@@ -102,7 +102,7 @@ def deletion_insertion(model: nn.Module, images: torch.Tensor, maps: Any, target
         baseline: "blur", "zero", "mean", a number or a tensor (see ``make_baseline``).
         mode: "deletion", "insertion" or both.
         batch_size: perturbed images per forward.
-        device: where to run; default the model's device.
+        device: where to run; default the model's device (another device runs a copy of the model).
         activation: "softmax", "sigmoid" or "auto" (sigmoid for a single logit, else softmax).
         label: a name stored on the result (e.g. the method) for plots.
 
@@ -127,7 +127,7 @@ def deletion_insertion(model: nn.Module, images: torch.Tensor, maps: Any, target
         raise ValueError(f"maps hold {m.shape[0]} images but images {b}; pass one map per image.")
     if m.shape[-2:] != (h, w):
         m = F.interpolate(m[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-    dev = model_device(model) if device is None else torch.device(device)
+    model, dev = model_on(model, device)  # a copy when device differs: the caller's model stays put
     was_training = model.training
     steps = int(steps)
     n_pix = h * w

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .._device import model_device
 from ._common import as_maps
 
 SIMILARITIES = ("spearman", "ssim")
@@ -49,13 +50,24 @@ def default_layers(model: nn.Module) -> list[str]:
 
 def randomise_(module: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
     """Re-initialise ``module`` in place: ``reset_parameters()`` where a submodule has one, normal
-    noise with each remaining parameter's own std (0.02 if constant) otherwise. For copies only."""
+    noise with each remaining parameter's own std (0.02 if constant) otherwise. For copies only.
+
+    The new values are drawn on the CPU and copied to the module's device, so a seed gives the
+    same randomised model on a GPU as on a CPU (CUDA's generator draws other numbers)."""
     done: set[int] = set()
     for sub in module.modules():
-        reset = getattr(sub, "reset_parameters", None)
-        if callable(reset):
-            reset()
-            done.update(id(p) for p in sub.parameters(recurse=False))
+        if not callable(getattr(sub, "reset_parameters", None)):
+            continue
+        own = list(sub.parameters(recurse=False)) + list(sub.buffers(recurse=False))
+        if any(t.device.type != "cpu" for t in own):
+            fresh = copy.deepcopy(sub).cpu()
+            fresh.reset_parameters()
+            with torch.no_grad():
+                for t, new in zip(own, list(fresh.parameters(recurse=False)) + list(fresh.buffers(recurse=False))):
+                    t.copy_(new)
+        else:
+            sub.reset_parameters()
+        done.update(id(p) for p in sub.parameters(recurse=False))
     with torch.no_grad():
         for p in module.parameters():
             if id(p) in done:
@@ -149,7 +161,7 @@ def randomisation_test(model: nn.Module, images: torch.Tensor, method: str | Cal
         model.eval()
         if target is None:
             with torch.no_grad():
-                target = model(images).argmax(-1)
+                target = model(images.to(model_device(model))).argmax(-1).cpu()
         ref = attr(model, images, target).abs()
     finally:
         model.train(was_training)
