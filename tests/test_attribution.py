@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -355,20 +356,27 @@ def test_occlusion_and_ablation_replace_regions_with_a_blurred_copy_by_default()
 
 @pytest.mark.slow  # shap import + numba JIT
 @pytest.mark.parametrize("channels", [1, 3])
-def test_shap_partition_values_sum_to_the_masked_gap(models, channels):
-    """Owen values are efficient: per image they add up to f(x) - f(everything masked), with the
-    image's own channels (a grayscale image is explained over H*W features, not 3 copies)."""
-    from workbench.attribution.methods_shap import _masker
+def test_shap_partition_equals_plain_shap_and_sums_to_the_masked_gap(models, channels):
+    """Same Owen values as shap's own Image masker + Partition explainer on numpy (our masking runs
+    on the model's device); they add up to f(x) - f(everything masked) per image, with the image's
+    own channels (a grayscale image is explained over H*W features, not 3 copies)."""
+    import shap
 
     m = models[("cnn", channels)]
     x = torch.rand(2, channels, 32, 32)
     t = torch.tensor([1, 2])
     a = attribute(m, x, target=t, method="shap_partition", max_evals=60)
     assert a.raw.shape == (2, channels, 32, 32) and a.params["model_evals"] <= 2 * 60 + 2
-    mk = _masker("blur", (32, 32, channels))
+    plain = shap.maskers.Image("blur(16,16)", (32, 32, channels))  # "blur" = half the side
     for i in range(2):
-        xi = x[i].permute(1, 2, 0).numpy()
-        hidden = torch.from_numpy(mk(None, xi)[0]).reshape(1, 32, 32, channels).permute(0, 3, 1, 2)
+        def f(z, k=int(t[i])):
+            with torch.no_grad():
+                return m(torch.from_numpy(z).float().permute(0, 3, 1, 2))[:, k:k + 1].numpy()
+
+        xi = x[i:i + 1].permute(0, 2, 3, 1).numpy()
+        ref = shap.explainers.Partition(f, plain)(xi, max_evals=60, batch_size=100, silent=True).values[0]
+        assert np.allclose(a.raw[i].permute(1, 2, 0).numpy(), ref.reshape(32, 32, channels), atol=1e-6)
+        hidden = torch.from_numpy(plain(None, xi[0])[0]).reshape(1, 32, 32, channels).permute(0, 3, 1, 2)
         with torch.no_grad():
             gap = float(m(x[i:i + 1])[0, t[i]] - m(hidden)[0, t[i]])
         assert abs(float(a.raw[i].sum()) - gap) < 1e-4 + 1e-3 * abs(gap)
