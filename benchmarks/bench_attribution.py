@@ -240,7 +240,8 @@ def main() -> None:
         rows.append((name, "(reference)", "forward+backward FB / forward F", f"{1000 * bench.FB / b:.0f} / "
                      f"{1000 * bench.F / b:.0f}", "1x FB", "", "", ""))
 
-    lines = [f"Attribution cost, batch {b} x 1 x {s} x {s}, device {dev}, torch {torch.__version__}, "
+    dev_name = f"{dev} ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else str(dev)
+    lines = [f"Attribution cost, batch {b} x 1 x {s} x {s}, device {dev_name}, torch {torch.__version__}, "
              f"{torch.get_num_threads()} threads; medians over {args.reps} interleaved runs (expensive methods: 1, SHAP Partition and IG: 3); "
              "each ratio uses the FB/F runs interleaved with that method (3 of each per round); ms/image is that method's own time.",
              "", "| model | method | settings | ms/image | cost | target | met | notes |",

@@ -95,25 +95,30 @@ def redraw_latency(repeats: int = 3):
     return first, out
 
 
-def _train_pair(size: int, args) -> tuple[dict, dict, dict, object]:
+def _train_pair(size: int, args, seed: int = 0) -> tuple[dict, dict, dict, object]:
     """A plain ViT and a DCMM-ViT with the same recipe, seed and initial weights."""
     train = wb.data.load("phantom", split="train", n=args.n_train, size=size, progress=False)
     test = wb.data.load("phantom", split="test", n=args.n_test, size=size, progress=False)
     models, auc, train_s = {}, {}, {}
     for kind in ("standard", "dcmm"):
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         m = wb.models.create("vit_tiny", num_classes=len(train.classes), img_size=size, in_chans=1,
                              patch_size=wb.models.default_patch_size(size) if size >= 128 else 8, depth=4,
                              embed_dim=args.width, num_heads=3, attention=kind, communities=args.k)
         t = time.time()
-        wb.fit(m, train, epochs=args.epochs, batch_size=64, lr=args.lr, device="cpu", progress=False, seed=0)
+        wb.fit(m, train, epochs=args.epochs, batch_size=64, lr=args.lr, device=args.device, progress=False, seed=seed)
         train_s[kind] = time.time() - t
-        auc[kind] = float(wb.evaluate(m, test, device="cpu").auc)
+        auc[kind] = float(wb.evaluate(m, test, device=args.device).auc)
         models[kind] = m.eval()
         if args.save:
-            wb.models.save(m, Path(args.save) / f"{kind}_{size}px")
-        print(f"# {size} px {kind}: test AUC {auc[kind]:.3f} ({train_s[kind]:.0f} s)", flush=True)
+            wb.models.save(m, Path(args.save) / f"{kind}_{size}px_seed{seed}")
+        print(f"# {size} px {kind} seed {seed}: test AUC {auc[kind]:.3f} ({train_s[kind]:.0f} s)", flush=True)
     return models, auc, train_s, test
+
+
+def _device_name(device: str) -> str:
+    dev = wb.resolve_device(device)
+    return f"{dev.type.upper()} ({torch.cuda.get_device_name(dev)}, bf16 autocast)" if dev.type == "cuda" else dev.type.upper()
 
 
 def main() -> None:
@@ -129,14 +134,21 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).with_name("tables") / "communities.md"))
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--save", default=None, help="folder to save the trained models in (checkpoints)")
+    ap.add_argument("--device", default="cpu", help="training device: cpu, cuda or auto (bf16 autocast on CUDA)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="training seeds (AUC per seed; alignment uses the first seed's models)")
     args = ap.parse_args()
     t_start = time.time()
     k = args.k
     auc_rows, rows, cxr_rows = [], [], []
     path = wb.data.shared_data_path()
     for size in args.sizes:
-        models, auc, train_s, test = _train_pair(size, args)
-        auc_rows += [(f"{size}", n, auc[kk], f"{train_s[kk]:.0f}") for n, kk in (("ViT", "standard"), ("DCMM-ViT", "dcmm"))]
+        for i, seed in enumerate(args.seeds):
+            pair = _train_pair(size, args, seed)
+            if i == 0:
+                models, _, _, test = pair
+            auc_rows += [(f"{size}", n, seed, pair[1][kk], f"{pair[2][kk]:.0f}")
+                         for n, kk in (("ViT", "standard"), ("DCMM-ViT", "dcmm"))]
         batch = test.batch(range(min(args.n_align, len(test))))
         for kind, m in models.items():
             name = "ViT" if kind == "standard" else "DCMM-ViT"
@@ -152,12 +164,13 @@ def main() -> None:
     parts = [f"# Communities vs anatomy (bench_communities.py)\n",
              f"Settings: phantom at {args.sizes} px, {args.n_train} train / {args.n_test} test images, vit_tiny "
              f"depth 4, width {args.width}, 3 heads, patch 8 at 64 px / 16 from 128 px (8x8 grid), {args.epochs} "
-             f"epochs (AdamW lr {args.lr}, batch 64, CPU), same seed and initial weights for both models, K={k}; "
+             f"epochs (AdamW lr {args.lr}, batch 64, {_device_name(args.device)}), same seed and initial weights for both "
+             f"models, seeds {args.seeds}, K={k}; "
              f"alignment on {args.n_align} test images, head mean; phantom structures {PHANTOM_ANATOMY} (later wins "
              f"on overlap; bones left out); CXR structures {CXR_ANATOMY}. Post-hoc community indices are per image, "
              "so ARI/NMI/purity are per image, then averaged. Chance ARI is 0.\n",
              "## Test AUC (phantom, `abnormal`)\n",
-             _md(auc_rows, ["px", "model", "test AUC", "train s"]),
+             _md(auc_rows, ["px", "model", "seed", "test AUC", "train s"]),
              "\n## Anatomy alignment, phantom test images\n",
              _md(rows, cols)]
     if cxr_rows:

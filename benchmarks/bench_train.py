@@ -37,37 +37,51 @@ from workbench.data._base import ArrayDataset  # noqa: E402
 
 # ---------------------------------------------------------------------------------- throughput
 def _bare(model: torch.nn.Module, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> float:
+    """Images/s of forward + loss + backward, no optimizer; bf16 autocast on CUDA as ``fit`` uses."""
     model.train()
+    dev = xs[0].device
+    _sync(dev)
     t0 = time.perf_counter()
     n = 0
     for x, y in zip(xs, ys):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits, y)
         loss.backward()
         model.zero_grad(set_to_none=True)
         n += len(y)
+    _sync(dev)
     return n / (time.perf_counter() - t0)
 
 
-def throughput(repeats: int = 5, n: int = 512, batch: int = 64, size: int = 64) -> str:
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def throughput(repeats: int = 5, n: int = 512, batch: int = 64, size: int = 64, device: str = "cpu") -> str:
+    dev = wb.resolve_device(device)
     g = torch.Generator().manual_seed(0)
     images = (torch.rand(n, 1, size, size, generator=g) * 255).to(torch.uint8)
     labels = torch.randint(0, 2, (n,), generator=g)
     labels[:2] = torch.tensor([0, 1])
     ds = ArrayDataset(images, labels, classes=("a", "b"), task="binary")
-    xs = [images[i:i + batch].float() / 255 for i in range(0, n - batch + 1, batch)]
-    ys = [labels[i:i + batch] for i in range(0, n - batch + 1, batch)]
-    rows = ["| model | input | batch | fit img/s | bare fwd+bwd img/s | ratio (median of %d) |" % repeats,
+    xs = [images[i:i + batch].to(dev).float() / 255 for i in range(0, n - batch + 1, batch)]
+    ys = [labels[i:i + batch].to(dev) for i in range(0, n - batch + 1, batch)]
+    rows = [f"Device {dev}" + (f" ({torch.cuda.get_device_name(dev)}; fit and the bare loop both in bf16 autocast)"
+                               if dev.type == "cuda" else "") + ".", "",
+            "| model | input | batch | fit img/s | bare fwd+bwd img/s | ratio (median of %d) |" % repeats,
             "|---|---|---|---|---|---|"]
     specs = [("vit_tiny", {"patch_size": 8}), ("resnet18", {})]
     for name, kw in specs:
         torch.manual_seed(0)
         m_fit = wb.models.create(name, 2, size, 1, **kw)
-        m_bare = wb.models.create(name, 2, size, 1, **kw)
+        m_bare = wb.models.create(name, 2, size, 1, **kw).to(dev)
         _bare(m_bare, xs[:1], ys[:1])  # warm-up
-        wb.fit(m_fit, ds, epochs=1, batch_size=batch, progress=False, device="cpu")
+        wb.fit(m_fit, ds, epochs=1, batch_size=batch, progress=False, device=dev)
         fits, bares, ratios = [], [], []
         for _ in range(repeats):  # interleaved
-            h = wb.fit(m_fit, ds, epochs=1, batch_size=batch, progress=False, device="cpu")
+            h = wb.fit(m_fit, ds, epochs=1, batch_size=batch, progress=False, device=dev)
             f = h.rows[0]["images_per_s"]
             b = _bare(m_bare, xs, ys)
             fits.append(f), bares.append(b), ratios.append(f / b)
@@ -142,16 +156,16 @@ TITLES = {"throughput": "Training throughput (fit / bare forward+backward)",
           "demo": "Demo wall time"}
 
 
-def _update(sections: dict[str, str]) -> str:
-    text = TABLE.read_text() if TABLE.exists() else "# Training benchmarks\n"
+def _update(sections: dict[str, str], table: Path = TABLE) -> str:
+    text = table.read_text() if table.exists() else "# Training benchmarks\n"
     header = (f"\n_Machine: {os.cpu_count()} CPU cores (1-min load {os.getloadavg()[0]:.1f} at the end), torch {torch.__version__}, "
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}._\n")
     for part, body in sections.items():
         block = f"## {TITLES[part]}\n{header}\n{body}\n"
         pat = re.compile(rf"## {re.escape(TITLES[part])}\n.*?(?=\n## |\Z)", re.S)
         text = pat.sub(lambda _: block.rstrip("\n"), text) if pat.search(text) else text.rstrip("\n") + "\n\n" + block
-    TABLE.parent.mkdir(parents=True, exist_ok=True)
-    TABLE.write_text(text.rstrip("\n") + "\n")
+    table.parent.mkdir(parents=True, exist_ok=True)
+    table.write_text(text.rstrip("\n") + "\n")
     return text
 
 
@@ -163,13 +177,18 @@ def main() -> None:
     ap.add_argument("--runs", default="", help="medmnist: comma-separated indices into MEDMNIST_RUNS")
     ap.add_argument("--tp-n", type=int, default=512, help="throughput: images per epoch")
     ap.add_argument("--tp-repeats", type=int, default=5, help="throughput: interleaved repeats")
+    ap.add_argument("--tp-size", type=int, default=64, help="throughput: image size")
+    ap.add_argument("--tp-batch", type=int, default=64, help="throughput: batch size")
+    ap.add_argument("--device", default="cpu", help="throughput: cpu, cuda or auto (medmnist and demo use auto)")
+    ap.add_argument("--out", default=str(TABLE), help="table file to update")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     sections = {}
     for part in args.parts.split(","):
         if part == "throughput":
             sections[part] = throughput(repeats=2 if args.quick else args.tp_repeats,
-                                        n=128 if args.quick else args.tp_n)
+                                        n=128 if args.quick else args.tp_n, batch=args.tp_batch,
+                                        size=args.tp_size, device=args.device)
         elif part == "medmnist":
             runs = [MEDMNIST_RUNS[int(i)] for i in args.runs.split(",")] if args.runs else None
             sections[part] = medmnist(quick=args.quick, runs=runs)
@@ -178,7 +197,7 @@ def main() -> None:
         else:
             raise SystemExit(f"unknown part {part!r}; use throughput, medmnist, demo")
         print(f"## {TITLES[part]}\n{sections[part]}\n", flush=True)
-    _update(sections)
+    _update(sections, Path(args.out))
 
 
 if __name__ == "__main__":
