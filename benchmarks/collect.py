@@ -5,7 +5,8 @@ Run each ``bench_*.py`` (it writes its table under tables/), then ``python bench
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["setup", "train", "phantom", "attention", "communities", "attribution", "evaluation"]
+ORDER = ["setup", "train", "train_gpu", "phantom", "attention", "communities", "communities_gpu", "attribution",
+         "attribution_gpu", "evaluation"]
 
 HEADER = """# Benchmarks
 
@@ -14,7 +15,8 @@ Each capability has a script here that prints a markdown table and writes it to 
 ratios to a plain forward (or forward+backward) pass of the same model and batch measured in the
 same run, with compared runs interleaved and repeated, medians reported; quality uses the metric
 each issue names. The development machine is a shared 2-core CPU without a GPU, so absolute
-times are noisy and slow; ratios are the figures to compare.
+times are noisy and slow; ratios are the figures to compare. Tables whose name ends in `_gpu` were
+run on a lent NVIDIA H100 machine with `--device cuda`.
 
 | script | what it measures |
 |---|---|
