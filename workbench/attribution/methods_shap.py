@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._core import MethodOutput, register_method
+from ._core import MethodOutput, default_batch, register_method
 from .._image import gaussian_blur
 
 
@@ -78,8 +78,10 @@ def shap_partition(model: nn.Module, images: torch.Tensor, target: torch.Tensor,
 
     Cost: ``max_evals`` model evaluations per image. shap plans them in steps of up to
     ``plan_batch`` (100, shap's usual size) masked images; the model gets each step in chunks of
-    ``internal_batch_size`` (default: the whole step), so that setting bounds memory and changes
-    speed, never the values. One explainer serves the whole batch (shap builds its sparse
+    ``internal_batch_size``, so that setting bounds memory and changes speed, never the values.
+    Its default is :func:`default_batch` (21 images at 1 x 224 x 224 on a CPU, the whole step on a
+    GPU): on a 2-core CPU a ViT-tiny forward cost 0.72x per image at batch 21 and 0.93x at 100
+    (relative to batch 4), a ResNet-18 1.06x and 1.33x. One explainer serves the whole batch (shap builds its sparse
     node-to-pixel matrix once, not per image).
     """
     import cv2
@@ -90,7 +92,7 @@ def shap_partition(model: nn.Module, images: torch.Tensor, target: torch.Tensor,
     b, c, h, w = images.shape
     dev, dt = images.device, images.dtype
     shape = (h, w, c)
-    bs = int(internal_batch_size or plan_batch)
+    bs = int(internal_batch_size or min(plan_batch, default_batch(images)))
     # OpenCV inpainting casts to uint8: give it 0-255 images and scale back before the model
     scale = 255.0 if isinstance(masker, str) and masker.startswith("inpaint") else 1.0
     mk = _masker(masker, shape)  # one masker (and its pixel hierarchy) for the whole batch
