@@ -1,6 +1,8 @@
 """Device selection shared by every long job."""
 from __future__ import annotations
 
+import copy
+
 import torch
 
 
@@ -44,6 +46,4 @@ def model_on(model: torch.nn.Module, device: str | torch.device | None) -> tuple
     dev = here if device is None else resolve_device(device)
     if dev == here:
         return model, dev
-    import copy
-
     return copy.deepcopy(model).to(dev), dev

@@ -81,8 +81,8 @@ def shap_partition(model: nn.Module, images: torch.Tensor, target: torch.Tensor,
     ``internal_batch_size``, so that setting bounds memory and changes speed, never the values.
     Its default is :func:`default_batch` (21 images at 1 x 224 x 224 on a CPU, the whole step on a
     GPU): on a 2-core CPU a ViT-tiny forward cost 0.72x per image at batch 21 and 0.93x at 100
-    (relative to batch 4), a ResNet-18 1.06x and 1.33x. One explainer serves the whole batch (shap builds its sparse
-    node-to-pixel matrix once, not per image).
+    (relative to batch 4), a ResNet-18 1.06x and 1.33x. One explainer serves the whole batch
+    (shap builds its sparse node-to-pixel matrix once, not per image).
     """
     import cv2
     import shap
