@@ -13,6 +13,7 @@ import timm
 import torch
 from torch import nn
 
+from test_attribution import CNN_ONLY, FAST, VIT_ONLY, _cnn, _vit  # the same tiny models and settings
 from workbench.attribution import METHODS, attribute
 from workbench.capture import hook_count
 
@@ -22,18 +23,6 @@ pytestmark = [
 ]
 
 STOCHASTIC = {"smoothgrad", "gradient_shap", "shap_gradient"}  # CUDA and CPU draw different noise
-VIT_ONLY = {"attention_rollout", "chefer"}
-CNN_ONLY = {"deeplift"}
-SETTINGS = {
-    "integrated_gradients": {"n_steps": 8},
-    "smoothgrad": {"nt_samples": 3},
-    "gradient_shap": {"n_samples": 4},
-    "shap_gradient": {"n_samples": 4},
-    "shap_partition": {"max_evals": 40},
-    "feature_ablation": {"n_segments": 16},
-    "occlusion": {"window": 8, "stride": 8},
-}
-
 
 @pytest.fixture(autouse=True)
 def _exact_float32():
@@ -41,17 +30,6 @@ def _exact_float32():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-
-def _cnn() -> nn.Module:
-    from timm.models.resnet import BasicBlock, ResNet
-
-    return ResNet(BasicBlock, [1, 1, 1, 1], num_classes=3, in_chans=1, channels=(8, 16, 32, 64), stem_width=8)
-
-
-def _vit() -> nn.Module:
-    return timm.create_model("vit_tiny_patch16_224", num_classes=3, in_chans=1, img_size=32, patch_size=8,
-                             depth=2, embed_dim=48, num_heads=3, pretrained=False)
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-3) -> None:
@@ -68,7 +46,7 @@ def test_every_method_on_cuda_matches_cpu(method):
         cpu = (_cnn() if name == "cnn" else _vit()).eval()
         gpu = copy.deepcopy(cpu).cuda()
         x = torch.rand(3, 1, 32, 32)
-        kw = SETTINGS.get(method, {})
+        kw = FAST.get(method, {})
         ref = attribute(cpu, x, target=[0, 1, 2], method=method, **kw)
         # model on the GPU, images on the CPU: maps come back on the CPU
         got = attribute(gpu, x, target=[0, 1, 2], method=method, **kw)
