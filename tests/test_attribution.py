@@ -441,3 +441,22 @@ def test_integrated_gradients_default_passes_are_bounded_and_change_nothing(mode
     assert max(sizes) <= 16
     whole = attribute(m, x, target=1, method="integrated_gradients", n_steps=8, internal_batch_size=10_000)
     torch.testing.assert_close(chunked.raw, whole.raw, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method, kw", [("smoothgrad", {"nt_samples": 8}), ("gradient_shap", {"n_samples": 8}),
+                                        ("smoothgrad", {"nt_samples": 2, "base": "integrated_gradients", "n_steps": 4})])
+def test_noisy_methods_default_passes_are_bounded_and_seeded(models, method, kw):
+    """SmoothGrad and GradientSHAP run passes of at most default_batch inputs (16 at 1 x 256 x 256)
+    instead of images x samples at once, and the same seed and settings give the same maps (also
+    GradientSHAP, whose interpolation points captum draws from numpy's global generator)."""
+    m = models[("cnn", 1)]
+    x = torch.rand(3, 1, 256, 256)
+    sizes = []
+    h = m.register_forward_pre_hook(lambda mod, a: sizes.append(a[0].shape[0]))
+    try:
+        a = attribute(m, x, target=1, method=method, **kw)
+    finally:
+        h.remove()
+    assert max(sizes) <= 16 and sum(sizes) == 24  # 3 images x 8 samples (x steps), nothing dropped
+    again = attribute(m, x, target=1, method=method, **kw)
+    assert torch.equal(a.maps, again.maps) and torch.isfinite(a.maps).all()

@@ -10,6 +10,7 @@ import contextlib
 import warnings
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -27,13 +28,20 @@ def _grad(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None):
 
 @contextlib.contextmanager
 def _seeded(seed: int | None, device: torch.device):
+    """Seed torch's generators (CPU and this CUDA device) and numpy's global one (captum's
+    GradientShap draws its interpolation points with ``np.random``), restoring all afterwards."""
     if seed is None:
         yield
         return
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
+    np_state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2 ** 32)
+            yield
+    finally:
+        np.random.set_state(np_state)
 
 
 def baseline_like(images: torch.Tensor, baseline: Any = 0.0) -> torch.Tensor:
@@ -106,22 +114,32 @@ def smoothgrad(model: nn.Module, images: torch.Tensor, target: torch.Tensor, *, 
     trained ResNet-18 / ViT): sigma 0.02: 0.38 / 0.38, 0.05: 0.43 / 0.43, 0.10: 0.25 / 0.18,
     0.15: 0.05 / 0.15; plain saliency 0.28 / 0.38. Hence the default 0.05. Seeded (``seed``)
     without touching the global RNG. Map = sum over channels.
+
+    Passes hold about ``internal_batch_size`` inputs (default :func:`default_batch`; it was all
+    images x ``nt_samples`` at once, 64 ViT-tiny inputs at 224 px for 4 images, unbounded memory
+    for larger batches): 1.14x (ViT-tiny) and 1.24x (ResNet-18) faster at 224 px on a 2-core CPU.
+    The noise is drawn per pass, so maps depend on the seed *and* this setting.
     """
     from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
 
     span = float(images.amax() - images.amin()) or 1.0
-    b = images.shape[0]
     per = 1 if base == "saliency" else int(n_steps)
-    nsb = None if internal_batch_size is None else max(1, internal_batch_size // (b * per))
+    ibs = internal_batch_size or default_batch(images)
     if base == "saliency":
         inner, extra = Saliency(model), {"abs": False}
     elif base == "integrated_gradients":
         inner, extra = IntegratedGradients(model), {"n_steps": int(n_steps)}
     else:
         raise ValueError(f"base {base!r} is not 'saliency' or 'integrated_gradients'.")
+    outs = []
     with _seeded(seed, images.device):
-        attr = NoiseTunnel(inner).attribute(images, nt_type="smoothgrad", nt_samples=int(nt_samples),
-                                            nt_samples_batch_size=nsb, stdevs=stdevs * span, target=target, **extra)
+        tunnel = NoiseTunnel(inner)
+        for sl in image_chunks(images.shape[0], per, ibs):
+            n_img = images[sl].shape[0]
+            nsb = max(1, ibs // (n_img * per))  # noisy copies per pass: about ibs inputs per pass
+            outs.append(tunnel.attribute(images[sl], nt_type="smoothgrad", nt_samples=int(nt_samples),
+                                         nt_samples_batch_size=nsb, stdevs=stdevs * span, target=target[sl], **extra))
+    attr = torch.cat(outs)
     if base == "saliency" and abs:
         attr = attr.abs()
     return MethodOutput(raw=attr, params={"stdevs_abs": stdevs * span, "abs": bool(abs and base == "saliency")})
@@ -135,7 +153,10 @@ def gradient_shap(model: nn.Module, images: torch.Tensor, target: torch.Tensor, 
 
     ``baselines="zeros+blur"`` (default) draws from {black image} U {each image of the batch
     blurred with sigma = H/8}, a distribution of "anatomy without detail"; ``"zeros"`` or a
-    ``(N, C, H, W)`` tensor also work. Cost: ``n_samples`` forward+backward per image.
+    ``(N, C, H, W)`` tensor also work. Cost: ``n_samples`` forward+backward per image, in passes
+    of whole images x ``n_samples`` up to ``internal_batch_size`` inputs (default
+    :func:`default_batch`; all images at once before: 1.22-1.24x slower at 224 px on a 2-core CPU,
+    unbounded memory). Samples are drawn per pass, so maps depend on the seed and this setting.
     """
     from captum.attr import GradientShap
 
@@ -158,7 +179,7 @@ def gradient_shap(model: nn.Module, images: torch.Tensor, target: torch.Tensor, 
     outs = []
     with _seeded(seed, images.device):
         gs = GradientShap(model)
-        for sl in image_chunks(images.shape[0], n_samples, internal_batch_size):
+        for sl in image_chunks(images.shape[0], n_samples, internal_batch_size or default_batch(images)):
             outs.append(gs.attribute(images[sl], baselines=bl, target=target[sl], n_samples=int(n_samples), stdevs=stdevs))
     return MethodOutput(raw=torch.cat(outs), params={"n_baselines": int(bl.shape[0])})
 
@@ -241,7 +262,6 @@ def slic_segments(images: torch.Tensor, n_segments: int | None = None) -> torch.
 
     ``n_segments`` defaults to H*W/64 (8x8 px cells) clipped to [16, 200].
     """
-    import numpy as np
     from skimage.segmentation import slic
 
     b, c, h, w = images.shape
