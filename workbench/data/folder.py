@@ -252,7 +252,7 @@ def load_folder(root: str | Path, split: str | None = "train", size: Any = None,
             raise ValueError(f"{csv}: multilabel columns {label_cols} must hold only 0/1 values.")
         labels, classes, task = torch.as_tensor(block.to_numpy(dtype=np.float32)), tuple(label_cols), "multilabel"
     meta_cols = [c for c in df.columns if c != "id" and c not in label_cols]
-    # one dict per row, also with no metadata columns (pandas 2 iterates no rows of a column-less frame)
+    # one dict per row, also with no metadata columns (pandas 3.0.6 iterates no rows of a column-less frame)
     columns = [df[c].tolist() for c in meta_cols]
     meta = [{c: _as_py(col[r]) for c, col in zip(meta_cols, columns)} for r in range(len(df))]
     ids = df["id"].tolist()
