@@ -24,6 +24,7 @@ pytestmark = [
 
 STOCHASTIC = {"smoothgrad", "gradient_shap", "shap_gradient"}  # CUDA and CPU draw different noise
 
+
 @pytest.fixture(autouse=True)
 def _exact_float32():
     old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32

@@ -305,7 +305,9 @@ def attribute(model: nn.Module, images: torch.Tensor, target: Any = None,
             A class outside ``0..num_classes-1`` raises ``ValueError``.
         method: one of ``METHODS.names()`` (see ``workbench.attribution`` for the list).
         internal_batch_size: at most this many model inputs per forward pass (captum's
-            meaning); None runs each method's default (whole batch / all steps at once).
+            meaning); None runs each method's default: passes of :func:`default_batch` inputs
+            for integrated gradients, SmoothGrad, GradientSHAP and SHAP Partition, 64 perturbed
+            images for occlusion and feature ablation, the whole batch for the rest.
         device: run on this device instead of the model's: the model is *copied* there (the
             caller's model stays where it is). None uses the model's device.
         progress: show a tqdm progress bar over chunks (methods with their own loops too).
