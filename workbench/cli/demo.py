@@ -1,50 +1,15 @@
-"""Command line: ``workbench demo``, ``workbench train``, ``workbench evaluate``.
-
-``print`` is used here only (the package itself logs/warns). Every subcommand writes JSON.
-"""
+"""``workbench demo``: phantom -> small ViT -> metrics, curves, gallery, anatomy-grouped figures."""
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from workbench._io import atomic_write_text
+from workbench.cli._common import load_split, write_json
 
-
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def _load_split(source: str, split: str, **kw: Any) -> Any:
-    from workbench.data import load
-
-    return load(source, split=split, **kw)
-
-
-def _try_split(source: str, split: str, **kw: Any) -> Any:
-    """A split that may not exist (folders without a split column): None instead of an error."""
-    try:
-        ds = _load_split(source, split, **kw)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        warnings.warn(f"no {split!r} split in {source} ({e}); continuing without it.", stacklevel=2)
-        return None
-    return ds if len(ds) else None
-
-
-def _data_kw(args: argparse.Namespace) -> dict[str, Any]:
-    kw: dict[str, Any] = {}
-    if getattr(args, "size", None):
-        kw["size"] = args.size
-    if getattr(args, "label_column", None) is not None:
-        kw["label_column"] = args.label_column
-    return kw
-
-
-# ----------------------------------------------------------------------------------------- demo
 # The demo trains the small ViT of the phantom's difficulty benchmark on the default phantom's
 # "abnormal" task (all five findings): many fresh images seen a few times (ViTs want data; the
 # phantom is free), about 0.94 test AUC in a few CPU minutes (benchmarks/README.md). budget_s is a
@@ -150,9 +115,9 @@ def run_demo(out: str | Path, *, quick: bool = False, device: str = "auto", seed
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     kw = {"size": p["size"], "progress": progress}
-    train = _load_split("phantom", "train", n=p["n_train"], seed=seed, **kw)
-    val = _load_split("phantom", "val", n=p["n_val"], seed=seed, **kw)
-    test = _load_split("phantom", "test", n=p["n_test"], seed=seed, **kw)
+    train = load_split("phantom", "train", n=p["n_train"], seed=seed, **kw)
+    val = load_split("phantom", "val", n=p["n_val"], seed=seed, **kw)
+    test = load_split("phantom", "test", n=p["n_test"], seed=seed, **kw)
     t_data = time.perf_counter() - t0
     in_chans = int(train.images.shape[1])
     torch.manual_seed(seed)
@@ -178,67 +143,11 @@ def run_demo(out: str | Path, *, quick: bool = False, device: str = "auto", seed
     _demo_figures(out, model.cpu(), test, report)
     report["seconds"] = {"data": round(t_data, 1), "train": round(t_train, 1),
                          "total": round(time.perf_counter() - t0, 1)}
-    _write_json(out / "metrics.json", report)
+    write_json(out / "metrics.json", report)
     return report
 
 
-# ---------------------------------------------------------------------------------------- train
-def run_train(args: argparse.Namespace) -> dict[str, Any]:
-    from workbench import models, viz
-    from workbench.train import evaluate, fit
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    kw = _data_kw(args)
-    train = _load_split(args.data, "train", **kw)
-    val = _try_split(args.data, "val", **kw)
-    test = _try_split(args.data, "test", **kw)
-    size = tuple(int(s) for s in train.images.shape[-2:])
-    mkw: dict[str, Any] = {}
-    if args.patch_size:
-        mkw["patch_size"] = args.patch_size
-    if args.depth:
-        mkw["depth"] = args.depth
-    model = models.create(args.model, num_classes=train.num_classes, img_size=size,
-                          in_chans=int(train.images.shape[1]), **mkw)
-    augment = None
-    if args.augment:
-        from workbench.data.transforms import RandomAffine
-
-        augment = RandomAffine(degrees=10, translate=0.05, scale=(0.9, 1.1))
-    history = fit(model, train, val, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                  device=args.device, early_stopping=args.early_stopping if val is not None else None,
-                  augment=augment, seed=args.seed, progress=not args.no_progress)
-    ckpt = models.save(model, out / "model")
-    fig = viz.training_curves(history)
-    viz.save_figure(fig, out / "training_curves.png", params={"history": history.to_dict()})
-    result: dict[str, Any] = {"checkpoint": str(ckpt), "history": history.to_dict(),
-                              "model": model.workbench_config}
-    if test is not None:
-        result["test"] = evaluate(model, test, device=args.device, bootstrap=args.bootstrap).to_dict()
-    _write_json(out / "metrics.json", result)
-    return result
-
-
-# ------------------------------------------------------------------------------------- evaluate
-def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    from workbench import models
-    from workbench.train import evaluate
-
-    model = models.load(args.checkpoint)
-    cfg = model.workbench_config
-    kw = _data_kw(args)
-    kw.setdefault("size", tuple(cfg["img_size"]))
-    kw["channels"] = int(cfg["in_chans"]) if int(cfg["in_chans"]) in (1, 3) else None
-    data = _load_split(args.data, args.split, **kw)
-    ev = evaluate(model, data, device=args.device, bootstrap=args.bootstrap, seed=args.seed)
-    return {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, **ev.to_dict()}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="workbench", description="Medical imaging interpretability workbench.")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def register(sub: Any) -> None:
     d = sub.add_parser("demo", help="phantom -> small ViT -> metrics, curves, gallery, attention overlay")
     d.add_argument("--out", required=True, help="output folder")
     d.add_argument("--size", type=int, default=None, help="image size (default 64; quick: 32)")
@@ -249,58 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
     d.add_argument("--no-progress", action="store_true")
-
-    t = sub.add_parser("train", help="train a model on a data source; writes a checkpoint and metrics.json")
-    t.add_argument("--data", required=True, help="phantom, medmnist:<name>, an .npz path or a folder")
-    t.add_argument("--model", default="resnet18", help="a short name (workbench.models.list_models()) or timm name")
-    t.add_argument("--out", required=True)
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--size", type=int, default=None, help="resize images to this size")
-    t.add_argument("--patch-size", type=int, default=None, help="ViT patch size")
-    t.add_argument("--depth", type=int, default=None, help="ViT depth (number of blocks)")
-    t.add_argument("--device", default="auto")
-    t.add_argument("--label-column", default=None, help="folder datasets: target column of labels.csv")
-    t.add_argument("--early-stopping", type=int, default=5, help="patience in epochs on val AUC")
-    t.add_argument("--augment", action="store_true", help="RandomAffine augmentation")
-    t.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for test CIs")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--no-progress", action="store_true")
-
-    e = sub.add_parser("evaluate", help="evaluate a checkpoint; prints JSON")
-    e.add_argument("--checkpoint", required=True, help="PATH of PATH.safetensors + PATH.json")
-    e.add_argument("--data", required=True)
-    e.add_argument("--split", default="test")
-    e.add_argument("--size", type=int, default=None, help="default: the checkpoint's image size")
-    e.add_argument("--label-column", default=None)
-    e.add_argument("--bootstrap", type=int, default=1000)
-    e.add_argument("--device", default="auto")
-    e.add_argument("--seed", type=int, default=0)
-    return p
+    d.set_defaults(func=run)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``workbench`` console script."""
-    args = build_parser().parse_args(argv)
-    try:
-        if args.command == "demo":
-            report = run_demo(args.out, quick=args.quick, device=args.device, seed=args.seed,
-                              progress=not args.no_progress, size=args.size, epochs=args.epochs,
-                              n_train=args.n_train, n_test=args.n_test)
-            summary = {"out": str(args.out), "test": report["test"], "figures": report["figures"],
-                       "notes": report["notes"], "seconds": report["seconds"]}
-            print(json.dumps(summary, indent=2))
-        elif args.command == "train":
-            result = run_train(args)
-            print(json.dumps({k: result[k] for k in ("checkpoint", "test") if k in result}, indent=2))
-        else:
-            print(json.dumps(run_evaluate(args), indent=2))
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"workbench {args.command}: error: {e}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> int:
+    report = run_demo(args.out, quick=args.quick, device=args.device, seed=args.seed,
+                      progress=not args.no_progress, size=args.size, epochs=args.epochs,
+                      n_train=args.n_train, n_test=args.n_test)
+    summary = {"out": str(args.out), "test": report["test"], "figures": report["figures"],
+               "notes": report["notes"], "seconds": report["seconds"]}
+    print(json.dumps(summary, indent=2))
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,0 +1,40 @@
+"""``workbench evaluate``: AUC and accuracy of a checkpoint on a data split, as JSON."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from workbench.cli._common import data_kw, load_split
+
+
+def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from workbench import models
+    from workbench.train import evaluate
+
+    model = models.load(args.checkpoint)
+    cfg = model.workbench_config
+    kw = data_kw(args)
+    kw.setdefault("size", tuple(cfg["img_size"]))
+    kw["channels"] = int(cfg["in_chans"]) if int(cfg["in_chans"]) in (1, 3) else None
+    data = load_split(args.data, args.split, **kw)
+    ev = evaluate(model, data, device=args.device, bootstrap=args.bootstrap, seed=args.seed)
+    return {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, **ev.to_dict()}
+
+
+def register(sub: Any) -> None:
+    e = sub.add_parser("evaluate", help="evaluate a checkpoint; prints JSON")
+    e.add_argument("--checkpoint", required=True, help="PATH of PATH.safetensors + PATH.json")
+    e.add_argument("--data", required=True)
+    e.add_argument("--split", default="test")
+    e.add_argument("--size", type=int, default=None, help="default: the checkpoint's image size")
+    e.add_argument("--label-column", default=None)
+    e.add_argument("--bootstrap", type=int, default=1000)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(json.dumps(run_evaluate(args), indent=2))
+    return 0
