@@ -30,6 +30,7 @@ class ListDataset(BaseDataset):
 
     def __init__(self, ds: ArrayDataset) -> None:
         self.ds, self.classes, self.task = ds, ds.classes, ds.task
+        self.structures, self.concept_names = ds.structures, ds.concept_names
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -200,3 +201,50 @@ def test_evaluate_rejects_model_with_wrong_outputs():
 def test_time_budget_shortens_schedule():
     h = wt.fit(tiny_net(), separable(32), epochs=50, batch_size=16, max_seconds=1e-6, progress=False)
     assert len(h.rows) == 1 and h.stopped_early
+
+
+class _ConceptModel(torch.nn.Module):
+    """A model with its own objective: fit hands it batches with the fields it names."""
+
+    batch_fields = ("concepts", "masks")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+        self.seen: list[dict] = []
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_loss(self, batch, task_loss):
+        self.seen.append({k: batch[k] for k in ("concepts", "masks", "mask_present", "index")})
+        logits = self(batch["image"])
+        return task_loss(logits, batch["label"]) + 0.0 * batch["concepts"].sum(), logits
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_fit_passes_requested_fields_to_a_model_objective(in_memory):
+    n = 12
+    x = torch.rand(n, 1, 8, 8)
+    concepts = torch.rand(n, 3)
+    masks = {"lesion": torch.rand(n, 8, 8) > 0.5}
+    ds = ArrayDataset(x, torch.arange(n) % 2, classes=("a", "b"), task="binary", masks=masks,
+                      concepts=concepts, concept_names=("c0", "c1", "c2"))
+    data = ds if in_memory else ListDataset(ds)
+    model = _ConceptModel()
+    wt.fit(model, data, epochs=1, batch_size=4, progress=False, num_workers=0)
+    assert len(model.seen) == 3
+    for b in model.seen:  # each batch carries the rows of its own samples
+        idx = b["index"]
+        assert torch.equal(b["concepts"], concepts[idx])
+        assert torch.equal(b["masks"]["lesion"], masks["lesion"][idx])
+        assert b["mask_present"]["lesion"].all()
+
+
+def test_fit_fields_need_a_dataset():
+    model = _ConceptModel()
+    with pytest.raises(ValueError, match="pass a dataset"):
+        wt.fit(model, (torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 0, 1])), epochs=1, progress=False)
+    ds = ArrayDataset(torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]), classes=("a", "b"), task="binary")
+    with pytest.raises(ValueError, match="has none"):
+        wt.fit(model, ds, epochs=1, progress=False)

@@ -10,7 +10,11 @@ import torch
 
 from workbench.data._base import ArrayDataset, collate
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images (B,C,H,W) float, labels, indices
+# A batch: {"image": (B, C, H, W) float in [0, 1], "label": (B,) or (B, L), "index": (B,) dataset
+# indices}, plus the requested ``fields``: "concepts" (B, K) float, "masks" {structure: (B, H, W)
+# bool} with "mask_present" {structure: (B,) bool}; all on the source's device.
+Batch = dict[str, Any]
+FIELDS = ("concepts", "masks")
 
 
 class TensorSource:
@@ -94,12 +98,26 @@ class BatchSource:
         num_workers: DataLoader workers for datasets that are not in memory.
         keep_on_device: for in-memory data on CUDA, copy the whole image tensor (uint8 stays
             uint8) to the device once when it fits.
+        fields: extra fields each batch carries besides image, label and index: "concepts"
+            and/or "masks" (with "mask_present").
     """
 
     def __init__(self, data: Any, batch_size: int, device: torch.device, num_workers: int = 0,
-                 keep_on_device: bool = True) -> None:
+                 keep_on_device: bool = True, fields: tuple[str, ...] = ()) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+        bad = [f for f in fields if f not in FIELDS]
+        if bad:
+            raise ValueError(f"unknown batch field(s) {bad}; valid fields are {list(FIELDS)}.")
+        if isinstance(data, TensorSource) and fields:
+            raise ValueError(f"training needs {list(fields)} of each sample, which an (images, labels) pair "
+                             "does not carry; pass a dataset (workbench.data.load or ArrayDataset with "
+                             "concepts=/masks=).")
+        if "concepts" in fields and not getattr(data, "concept_names", ()):
+            raise ValueError(f"training needs concept labels but the dataset {getattr(data, 'name', '')!r} has "
+                             "none; use a source with concepts (the phantom's findings, or a folder dataset "
+                             "loaded with concept_columns=).")
+        self.fields = tuple(fields)
         self.data, self.batch_size, self.device = data, batch_size, device
         self.fast = isinstance(data, (ArrayDataset, TensorSource)) and data.transform is None
         self.batched = isinstance(data, ArrayDataset) and data.transform is not None
@@ -129,6 +147,19 @@ class BatchSource:
         x = self._to(x)
         return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
+    def _extras(self, b: dict[str, Any]) -> dict[str, Any]:
+        """The requested fields of a collated batch dict, on the device."""
+        out: dict[str, Any] = {}
+        if "concepts" in self.fields:
+            if b.get("concepts") is None:
+                raise ValueError("some samples of this batch have no concept labels; training a concept "
+                                 "model needs them for every sample (missing values as NaN are masked out).")
+            out["concepts"] = self._to(torch.as_tensor(b["concepts"]).float())
+        if "masks" in self.fields:
+            out["masks"] = {k: self._to(m) for k, m in b["masks"].items()}
+            out["mask_present"] = {k: self._to(p) for k, p in b["mask_present"].items()}
+        return out
+
     def __call__(self, *, shuffle: bool, generator: torch.Generator | None = None,
                  drop_last: bool = False) -> Iterator[Batch]:
         n = len(self.data)
@@ -139,10 +170,19 @@ class BatchSource:
                 idx = order[start:start + self.batch_size]
                 if self.fast:
                     di = idx.to(self.images.device)
-                    yield self._image(self.images[di]), self._to(self.labels[di.to(self.labels.device)]), idx
+                    batch = {"image": self._image(self.images[di]),
+                             "label": self._to(self.labels[di.to(self.labels.device)]), "index": idx}
+                    if self.fields:
+                        d = self.data
+                        batch.update(self._extras({
+                            "concepts": None if getattr(d, "concepts", None) is None else d.concepts[idx],
+                            "masks": {k: m[idx] for k, m in getattr(d, "masks", {}).items()},
+                            "mask_present": {k: p[idx] for k, p in getattr(d, "mask_present", {}).items()}}))
+                    yield batch
                 else:
                     b = self.data.batch(idx)
-                    yield self._image(b["image"]), self._to(torch.as_tensor(b["label"])), idx
+                    yield {"image": self._image(b["image"]), "label": self._to(torch.as_tensor(b["label"])),
+                           "index": idx, **self._extras(b)}
             return
         yield from self._loader_batches(shuffle, generator, drop_last)
 
@@ -158,7 +198,8 @@ class BatchSource:
                 collate_fn=functools.partial(collate, structures=getattr(self.data, "structures", None)))
         for b in self._loaders[key]:
             idx = torch.as_tensor(b.get("index", torch.arange(len(b["image"]))))
-            yield self._image(b["image"]), self._to(torch.as_tensor(b["label"])), idx
+            yield {"image": self._image(b["image"]), "label": self._to(torch.as_tensor(b["label"])),
+                   "index": idx, **self._extras(b)}
 
 
 def class_weights(labels: torch.Tensor, task: str, num_classes: int) -> torch.Tensor:

@@ -119,7 +119,7 @@ def _num_logits(model: torch.nn.Module, src: BatchSource) -> int:
     cfg = getattr(model, "workbench_config", None)
     if cfg and "num_classes" in cfg:
         return int(cfg["num_classes"])
-    x, _, _ = next(src(shuffle=False))
+    x = next(src(shuffle=False))["image"]
     with torch.no_grad():
         was = model.training
         model.eval()
@@ -127,6 +127,26 @@ def _num_logits(model: torch.nn.Module, src: BatchSource) -> int:
             return int(model(x[:1]).shape[-1])
         finally:
             model.train(was)
+
+
+def _objective(model: torch.nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+               device_type: str, use_amp: bool) -> Callable[[dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]:
+    """``batch -> (loss, logits)`` for one training step.
+
+    A model may define its own objective as a method ``training_loss(batch, task_loss) -> (loss,
+    logits)`` (e.g. a concept bottleneck adds its concept loss), where ``task_loss(logits, label)``
+    is fit's class-weighted task loss; a model attribute ``batch_fields`` (e.g. ``("concepts",)``)
+    names the extra fields its batches need (see ``workbench._train_data.FIELDS``).
+    """
+    custom = getattr(model, "training_loss", None)
+
+    def objective(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_amp):
+            if custom is not None:
+                return custom(batch, loss_fn)
+            logits = model(batch["image"])
+        return loss_fn(logits, batch["label"]), logits
+    return objective
 
 
 def fit(model: torch.nn.Module, train: Any, val: Any = None, *, epochs: int = 10, batch_size: int = 64,
@@ -158,7 +178,9 @@ def fit(model: torch.nn.Module, train: Any, val: Any = None, *, epochs: int = 10
         device: "auto" (CUDA, MPS, CPU), or a device.
         class_weights: "auto" (inverse class frequency; multilabel: BCE pos_weight), None, or (C,) floats.
         early_stopping: patience in epochs on validation AUC (needs ``val``); None disables it.
-        augment: called on each training batch ``{"image": (B,C,H,W) on device, "label": ...}``
+        augment: called on each training batch ``{"image": (B,C,H,W) on device, "label": ...,
+            "index": ...}`` (plus "masks"/"concepts" when the objective needs them, so masks move
+            with the image)
             (e.g. ``workbench.data.transforms.RandomAffine``); returns a batch dict or an image tensor.
         num_workers: DataLoader workers ("auto": half the cores, at most 4).
         seed: seed for shuffling, augmentation and dropout.
@@ -189,7 +211,8 @@ def fit(model: torch.nn.Module, train: Any, val: Any = None, *, epochs: int = 10
     use_amp = (dev.type == "cuda") if amp == "auto" else bool(amp)
     was_training = model.training
     model.to(dev)
-    src = BatchSource(train, batch_size, dev, resolve_workers(num_workers))
+    src = BatchSource(train, batch_size, dev, resolve_workers(num_workers),
+                      fields=tuple(getattr(model, "batch_fields", ())))
     num_logits = _num_logits(model, src)
     check_labels(labels_of(train), task, num_logits, "train")
     val_src = None
@@ -198,6 +221,7 @@ def fit(model: torch.nn.Module, train: Any, val: Any = None, *, epochs: int = 10
         val_src = BatchSource(val, max(batch_size, 256), dev, resolve_workers(num_workers))
     weights = _resolve_weights(class_weights, train, task, num_logits, dev)
     loss_fn = _loss_fn(task, weights)
+    objective = _objective(model, loss_fn, dev.type, use_amp)
     steps_per_epoch = src.num_batches(drop_last=True)
     total = steps_per_epoch * epochs
     opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999),
@@ -219,15 +243,13 @@ def fit(model: torch.nn.Module, train: Any, val: Any = None, *, epochs: int = 10
                 t0 = time.perf_counter()
                 loss_sum = torch.zeros((), device=dev)
                 seen = 0
-                for step, (x, y, idx) in enumerate(src(shuffle=True, generator=gen, drop_last=True)):
+                for step, batch in enumerate(src(shuffle=True, generator=gen, drop_last=True)):
                     if augment is not None:
-                        out = augment({"image": x, "label": y})
-                        x = out["image"] if isinstance(out, dict) else out
-                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                        logits = model(x)
-                    loss = loss_fn(logits, y)
+                        out = augment(batch)
+                        batch = out if isinstance(out, dict) else {**batch, "image": out}
+                    loss, _ = objective(batch)
                     if not torch.isfinite(loss):
-                        why = describe_nan(x, idx) or f"the loss became {loss.item()}"
+                        why = describe_nan(batch["image"], batch["index"]) or f"the loss became {loss.item()}"
                         raise ValueError(f"training diverged at epoch {epoch}, batch {step + 1} of {steps_per_epoch}: "
                                          f"{why}. Clean the inputs (NaN/inf), or lower lr (now {lr}) "
                                          "and/or set grad_clip=1.0.")
@@ -237,8 +259,8 @@ def fit(model: torch.nn.Module, train: Any, val: Any = None, *, epochs: int = 10
                         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                     opt.step()
                     sched.step()
-                    loss_sum += loss.detach() * len(y)
-                    seen += len(y)
+                    loss_sum += loss.detach() * len(batch["label"])
+                    seen += len(batch["label"])
                 train_s = time.perf_counter() - t0
                 row = {"epoch": epoch, "loss": float(loss_sum) / max(1, seen), "val_auc": float("nan"),
                        "val_acc": float("nan"), "lr": sched.get_last_lr()[0]}
@@ -286,9 +308,10 @@ def _predict_source(model: torch.nn.Module, src: BatchSource, task: str,
     model.eval()
     probs, labels = [], []
     try:
-        for x, y, idx in src(shuffle=False):
+        for batch in src(shuffle=False):
+            x, y = batch["image"], batch["label"]
             if not torch.isfinite(x).all():
-                raise ValueError(f"cannot predict: {describe_nan(x, idx)}; clean or drop those samples.")
+                raise ValueError(f"cannot predict: {describe_nan(x, batch['index'])}; clean or drop those samples.")
             with torch.autocast(src.device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(x)
             logits = logits.float()
