@@ -11,7 +11,6 @@ the image ``wb-overlay``, the previous/next buttons ``wb-prev``/``wb-next``.
 from __future__ import annotations
 
 import html
-import io
 import logging
 from collections import OrderedDict
 from pathlib import Path
@@ -25,23 +24,14 @@ try:
 except ImportError as e:  # pragma: no cover - ipywidgets is a core dependency
     raise ImportError("workbench.widgets needs ipywidgets>=8: pip install ipywidgets") from e
 
+from workbench.widgets._common import png_bytes as _png
+
 log = logging.getLogger(__name__)
 
 __all__ = ["Explorer", "explorer"]
 
 _DEFAULT_ON = ("left_lung", "right_lung", "heart", "mediastinum", "cardiomediastinum", "airways",
                "diaphragm")
-
-
-def _png(rgb: np.ndarray, min_size: int = 0) -> bytes:
-    from PIL import Image
-
-    f = max(1, int(np.ceil(min_size / max(rgb.shape[:2]))))
-    if f > 1:
-        rgb = np.repeat(np.repeat(rgb, f, 0), f, 1)
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
 
 
 class Explorer(widgets.VBox):
@@ -53,7 +43,7 @@ class Explorer(widgets.VBox):
                  k: int = 4, method: str = "mixed_score", layer: int = -1, head: int | None = None,
                  structures: Sequence[str] | None = None, alpha: float = 0.5, soft: bool = True,
                  export_path: str = "figures/explorer", cache_size: int = 256) -> None:
-        from .communities import METHODS
+        from workbench.communities import METHODS
 
         self.model, self.dataset = model, dataset
         self.indices = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
@@ -125,7 +115,7 @@ class Explorer(widgets.VBox):
         return self._samples[key]
 
     def _outlines_for(self, pos: int) -> dict[str, np.ndarray]:
-        from .viz.overlays import outline_masks
+        from workbench.viz.overlays import outline_masks
 
         key = self.indices[pos]
         if key not in self._outlines:
@@ -134,8 +124,8 @@ class Explorer(widgets.VBox):
         return self._outlines[key]
 
     def _maps_for(self, pos: int) -> Any:
-        from ._device import model_device
-        from .attention import attention_maps
+        from workbench._device import model_device
+        from workbench.attention import attention_maps
 
         key = self.indices[pos]
         if key not in self._maps:
@@ -157,13 +147,13 @@ class Explorer(widgets.VBox):
 
     def communities(self) -> Any:
         """The ``Communities`` of the current view (cached)."""
-        from .communities import communities
+        from workbench.communities import communities
 
         p = self.params()
         k = None if p["method"] == "dcmm" else p["k"]
         key = (p["index"], p["layer"], p["head"], p["method"], k)
         if key not in self._comms:
-            from .viz.overlays import names_from_fractions, structure_fractions
+            from workbench.viz.overlays import names_from_fractions, structure_fractions
 
             pos = self.controls["index"].value
             comm = communities(self._maps_for(pos), k=k, method=p["method"], layer=p["layer"], head=p["head"])
@@ -194,7 +184,7 @@ class Explorer(widgets.VBox):
 
     def redraw(self) -> None:
         """Recompute (from the caches) and redraw the overlay and legend."""
-        from .viz.overlays import community_colours, community_rgb
+        from workbench.viz.overlays import community_colours, community_rgb
 
         try:
             p = self.params()
@@ -219,7 +209,7 @@ class Explorer(widgets.VBox):
 
     def figure(self) -> Any:
         """The current view as a matplotlib Figure (``community_overlay``)."""
-        from .viz.overlays import community_overlay
+        from workbench.viz.overlays import community_overlay
 
         p = self.params()
         sample = self._sample(self.controls["index"].value)
@@ -230,7 +220,7 @@ class Explorer(widgets.VBox):
         """Save the current view (format and path from the controls by default) + sidecar JSON."""
         import matplotlib.pyplot as plt
 
-        from .viz import save_figure
+        from workbench.viz import save_figure
 
         fig = self.figure()
         try:

@@ -1,0 +1,27 @@
+"""ipywidgets wiring for interactive exploration (no science here: each widget calls the package).
+
+One module per widget, named unlike its function (a submodule named like a function would shadow
+it once imported); ``workbench.widgets.<function>`` imports the module lazily (ipywidgets loads
+only when a widget is used):
+
+- ``explorer(model, dataset)``: attention communities grouped by anatomy (``communities.py``).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> module of this package that defines it
+_EXPORTS = {
+    "explorer": "communities",
+    "Explorer": "communities",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    mod = _EXPORTS.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'workbench.widgets' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"workbench.widgets.{mod}"), name)
