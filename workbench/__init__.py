@@ -22,6 +22,7 @@ _EXPORTS = {
     "train": "workbench.train",
     "evaluation": "workbench.evaluation",
     "viz": "workbench.viz",
+    "jobs": "workbench.jobs",
     "fit": "workbench.train:fit",
     "evaluate": "workbench.train:evaluate",
     "attention_maps": "workbench.attention:attention_maps",
