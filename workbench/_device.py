@@ -9,6 +9,9 @@ import torch
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """Return a ``torch.device``; ``"auto"`` (or None) picks CUDA, then MPS, then CPU.
 
+    A device that does not exist here (``"cuda"`` without a GPU, ``"cuda:3"`` on a machine with
+    one) raises a ValueError that says what to use instead, before any work starts.
+
     Examples:
         >>> resolve_device("cpu")
         device(type='cpu')
@@ -21,9 +24,23 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"device {device!r} is not a valid torch device; use 'auto', 'cpu', 'cuda' or 'cuda:0'.") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this PyTorch has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"device {device!r} asks for a CUDA GPU but {why} here; use device='auto' (the GPU "
+                             "when there is one, else the CPU) or 'cpu'.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} "
+                             f"CUDA device(s) (cuda:0..cuda:{torch.cuda.device_count() - 1}).")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"device {device!r} asks for Apple MPS, which is not available here; use device='auto' "
+                             "or 'cpu'.")
+    return dev
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

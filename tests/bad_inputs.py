@@ -1,0 +1,935 @@
+"""A table of bad (and borderline-valid) inputs over every public verb, and how to score them.
+
+One table drives both ``tests/test_bad_inputs.py`` (one assertion per case) and
+``benchmarks/bench_validation.py`` (counts per outcome, before and after the checks). A new public
+verb must get at least one case here: ``tests/test_bad_inputs.py`` enumerates the verbs
+(:func:`public_verbs`) and fails for any verb without a case (or an entry in ``EXEMPT`` saying why
+it takes no user data).
+
+How to add a case: append ``Case(verb, name, call, says=...)`` where ``verb`` is the public dotted
+name (``"sae.train"``, ``"concepts.fit"``, ``"cli.explain"``), ``call(ctx)`` calls it once with one
+bad input (``ctx`` holds tiny models, a phantom batch and temporary paths: see :class:`Ctx`),
+``says`` is a regular expression the error message must match (what a clear message names), and
+``expect`` is ``"error"`` (the default), ``"warn"`` (a matching warning is enough) or ``"ok"`` (a
+borderline input that is valid as documented and must run).
+
+Outcomes (rules, applied by :func:`classify`):
+
+- **clear**: the call raised ``ValueError``, ``TypeError``, ``LookupError`` or one of the
+  file-system errors ``FileNotFoundError``/``FileExistsError``/``PermissionError``/
+  ``NotADirectoryError``/``IsADirectoryError`` (or, for ``expect="warn"``, warned), the innermost
+  frame of the traceback is workbench's own code (not torch, timm or numpy), the message is not a
+  raw OS error (``[Errno N] ...``) and it matches ``says``. For a CLI case: a non-zero exit code
+  with one line on stderr (``workbench <cmd>: error: ...``) matching ``says``, no traceback.
+- **unclear**: any other exception (a torch/timm/OS error, an AssertionError, a message that does
+  not name the problem), or a CLI case that printed a traceback.
+- **silent**: a bad input accepted without an error (or, for ``expect="warn"``, without a
+  matching warning): a silently wrong result.
+- **fine**: a borderline input that is valid as documented (``expect="ok"``) ran.
+- **false alarm**: such a valid input was rejected.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import inspect
+import io
+import re
+import shutil
+import sys
+import tempfile
+import traceback
+import warnings
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+USER_ERRORS = (ValueError, TypeError, LookupError, FileNotFoundError, FileExistsError, PermissionError,
+               NotADirectoryError, IsADirectoryError)
+OUTCOMES = ("clear", "unclear", "silent", "fine", "false alarm")
+
+# Namespaces whose ``__all__`` functions are public verbs; those not on main yet are skipped.
+NAMESPACES = ("data", "models", "train", "attention", "attribution", "evaluation", "viz", "widgets",
+              "concepts", "sae", "pruning", "jobs")
+# Public classes whose constructor takes user data (a boundary like a verb).
+CLASS_VERBS = ("data.ArrayDataset",)
+# Public functions that take no user data, or are plumbing rather than verbs: why each is exempt.
+EXEMPT = {
+    "resolve_device": "covered through every verb's device= argument and the CLI cases",
+    "data.shared_data_path": "no arguments",
+    "data.default_data_dir": "no arguments",
+    "data.collate": "internal collate_fn for DataLoaders (samples come from workbench datasets)",
+    "models.list_models": "no user data",
+    "models.default_patch_size": "a lookup used by create",
+    "models.checkpoint_paths": "path arithmetic; save/load cases cover checkpoints",
+    "models.create_from_config": "load's rebuild step; corrupt configs are covered by models.load cases",
+    "viz.versions": "no arguments",
+    "viz.colours": "a palette lookup",
+    "viz.structure_colours": "a palette lookup",
+    "attribution.register_method": "a decorator for developers",
+    "attribution.select_target": "internal step of attribute (covered by its target cases)",
+    "attribution.default_window": "a default lookup for occlusion",
+    "train.class_weights": "internal step of fit (covered by fit's class_weights case)",
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input to one verb. See the module docstring."""
+
+    verb: str
+    name: str
+    call: Callable[["Ctx"], Any]
+    says: str = ""
+    expect: str = "error"
+    issue: bool = False  # listed in issue 17
+
+    @property
+    def id(self) -> str:
+        return f"{self.verb}:{self.name}"
+
+
+class Ctx:
+    """Tiny models, data and paths shared by the cases (built lazily, once)."""
+
+    size = 32
+
+    def __init__(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="wb_bad_inputs_"))
+
+    def close(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # ---------------------------------------------------------------- models
+    @cached_property
+    def vit(self) -> torch.nn.Module:
+        import workbench as wb
+
+        torch.manual_seed(0)
+        return wb.models.create("vit_tiny", num_classes=2, img_size=self.size, in_chans=1, patch_size=8,
+                                depth=2, embed_dim=32, num_heads=2).eval()
+
+    @cached_property
+    def cnn(self) -> torch.nn.Module:
+        import workbench as wb
+
+        torch.manual_seed(0)
+        return wb.models.create("resnet18", num_classes=2, img_size=self.size, in_chans=1).eval()
+
+    @cached_property
+    def cnn3(self) -> torch.nn.Module:
+        """Three outputs, for a two-class dataset."""
+        import workbench as wb
+
+        return wb.models.create("resnet18", num_classes=3, img_size=self.size, in_chans=1).eval()
+
+    def fresh(self, which: str = "cnn") -> torch.nn.Module:
+        """A copy for verbs that train in place."""
+        return copy.deepcopy(getattr(self, which))
+
+    # ---------------------------------------------------------------- data
+    @cached_property
+    def ds(self) -> Any:
+        import workbench as wb
+
+        return wb.data.load("phantom", n=16, size=self.size, cache=False, progress=False)
+
+    @cached_property
+    def batch(self) -> dict[str, Any]:
+        return self.ds.batch(range(4))
+
+    @property
+    def x(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(0)
+        return torch.rand(4, 1, self.size, self.size, generator=g)
+
+    @property
+    def y(self) -> torch.Tensor:
+        return torch.tensor([0, 1, 0, 1])
+
+    def xs(self, kind: str) -> Any:
+        """Bad (or borderline) image batches, (4, 1, 32, 32) unless the kind says otherwise."""
+        x = self.x
+        if kind == "x255":
+            return x * 255
+        if kind == "nan":
+            x[1, 0, 3, 4] = float("nan")
+            return x
+        if kind == "inf":
+            x[2, 0, 5, 5] = float("inf")
+            return x
+        if kind == "chans3":
+            return x.repeat(1, 3, 1, 1)
+        if kind == "size48":
+            return torch.rand(4, 1, 48, 48)
+        if kind == "int64":
+            return (x * 255).long()
+        if kind == "list":
+            return [img for img in x]
+        if kind == "hw":
+            return x[0, 0]
+        if kind == "empty":
+            return x[:0]
+        if kind == "standardised":
+            return (x - 0.5) / 0.25
+        if kind == "hair":  # augmentation strays a hair outside [0, 1]
+            return x * 1.04 - 0.02
+        if kind == "uint8":
+            return (x * 255).to(torch.uint8)
+        if kind == "float64":
+            return x.double()
+        if kind == "bool":
+            return x > 0.5
+        raise KeyError(kind)
+
+    @cached_property
+    def maps(self) -> Any:
+        import workbench as wb
+
+        return wb.attention_maps(self.vit, self.x)
+
+    @cached_property
+    def comms(self) -> Any:
+        import workbench as wb
+
+        return wb.communities(self.maps, k=2)
+
+    @cached_property
+    def batch_comms(self) -> Any:
+        import workbench as wb
+
+        return wb.communities(self.vit, self.batch["image"], k=2)
+
+    @cached_property
+    def attr(self) -> Any:
+        import workbench as wb
+
+        return wb.attribute(self.cnn, self.batch["image"], method="saliency")
+
+    @cached_property
+    def faith(self) -> Any:
+        from workbench.evaluation import deletion_insertion
+
+        return deletion_insertion(self.cnn, self.batch["image"], self.attr, steps=2)
+
+    @cached_property
+    def history(self) -> Any:
+        import workbench as wb
+
+        return wb.fit(self.fresh(), (self.x, self.y), epochs=1, batch_size=4, progress=False)
+
+    def masks(self, kind: str = "ok") -> dict[str, torch.Tensor]:
+        m = {k: self.batch["masks"][k].clone() for k in ("left_lung", "right_lung", "heart")}
+        if kind == "empty":
+            return {k: torch.zeros_like(v) for k, v in m.items()}
+        if kind == "size64":
+            return {k: torch.nn.functional.interpolate(v[:, None].float(), size=(64, 64))[:, 0] > 0.5
+                    for k, v in m.items()}
+        if kind == "batch2":
+            return {k: v[:2] for k, v in m.items()}
+        return m
+
+    # ---------------------------------------------------------------- files
+    @cached_property
+    def npz(self) -> Path:
+        return self.write_npz("ok.npz")
+
+    def write_npz(self, name: str, *, labels: Any = None, images: Any = None) -> Path:
+        rng = np.random.default_rng(0)
+        arrays = {}
+        for s in ("train", "val", "test"):
+            arrays[f"{s}_images"] = rng.integers(0, 256, (16, 28, 28), dtype=np.uint8) if images is None else images
+            arrays[f"{s}_labels"] = np.tile([0, 1], 8)[:, None] if labels is None else labels
+        path = self.tmp / name
+        np.savez(path, **arrays)
+        return path
+
+    @cached_property
+    def ckpt(self) -> Path:
+        import workbench as wb
+
+        model = wb.models.create("resnet18", num_classes=2, img_size=28, in_chans=1)
+        wb.models.save(model, self.tmp / "ckpt" / "model")
+        return self.tmp / "ckpt" / "model"
+
+    @cached_property
+    def a_file(self) -> Path:
+        p = self.tmp / "a_file.txt"
+        p.write_text("not a folder")
+        return p
+
+    @property
+    def unwritable(self) -> Path:
+        """A path that cannot be written: below a regular file."""
+        return self.a_file / "out"
+
+    @property
+    def readonly(self) -> Path:
+        """A path on a read-only file system (sysfs), also for root."""
+        return Path("/sys/workbench_out/fig.png")
+
+    def folder(self, name: str, *, csv: str | None = "id,label\nim0,0\nim1,1\n", mask_size: int | None = None,
+               corrupt: bool = False) -> Path:
+        """A tiny folder dataset (two 28 px PNGs), optionally with a mask of another size or a bad file."""
+        from PIL import Image
+
+        root = self.tmp / name
+        (root / "images").mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((28, 28), 40 * (i + 1), np.uint8)).save(root / "images" / f"im{i}.png")
+        if corrupt:
+            (root / "images" / "im1.png").write_bytes(b"\x89PNG not really")
+        if csv is not None:
+            (root / "labels.csv").write_text(csv)
+        if mask_size is not None:
+            (root / "masks" / "lung").mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(np.zeros((mask_size, mask_size), np.uint8)).save(root / "masks" / "lung" / f"im{i}.png")
+        return root
+
+    def cli(self, *argv: str) -> tuple[int, str]:
+        """Run ``workbench argv...`` in-process; (exit code, stderr). Exceptions propagate (a traceback)."""
+        from workbench.cli import main
+
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                code = main(list(argv))
+            except SystemExit as e:  # argparse's usage errors
+                code = e.code if isinstance(e.code, int) else 2
+        return code, err.getvalue()
+
+
+# =================================================================================================
+# the table
+# =================================================================================================
+CASES: list[Case] = []
+
+
+def case(verb: str, name: str, call: Callable[[Ctx], Any], says: str = "", expect: str = "error",
+         issue: bool = False) -> None:
+    CASES.append(Case(verb, name, call, says, expect, issue))
+
+
+# ------------------------------------------------------------------ images into every image verb
+IMAGE_KINDS = {  # kind: (says, expect, listed in the issue)
+    "x255": (r"255", "error", True),
+    "nan": (r"nan", "error", True),
+    "inf": (r"inf", "error", True),
+    "chans3": (r"channel", "error", True),
+    "size48": (r"32", "error", True),
+    "int64": (r"float|dtype", "error", False),
+    "list": (r"tensor", "error", False),
+    "hw": (r"\(B, C, H, W\)|shape", "error", False),
+    "empty": (r"empty|B = 0|at least one", "error", False),
+    "standardised": (r"\[0, 1\]|standardi", "error", False),
+    "bool": (r"float|dtype|bool", "error", False),
+    "hair": ("", "ok", False),
+    "float64": ("", "ok", False),
+}
+
+
+def _fit_pair(ctx: Ctx, x: Any) -> Any:
+    import workbench as wb
+
+    y = torch.tensor([0, 1] * 8)[: (len(x) if hasattr(x, "__len__") else 4)]
+    return wb.fit(ctx.fresh(), (x, y), epochs=1, batch_size=2, progress=False)
+
+
+def _eval_pair(ctx: Ctx, x: Any) -> Any:
+    import workbench as wb
+
+    y = torch.tensor([0, 1] * 8)[: (len(x) if hasattr(x, "__len__") else 4)]
+    return wb.evaluate(ctx.cnn, (x, y), device="cpu")
+
+
+IMAGE_VERBS: dict[str, Callable[[Ctx, Any], Any]] = {
+    "attribute": lambda c, x: __import__("workbench").attribute(c.cnn, x, method="saliency"),
+    "attention_maps": lambda c, x: __import__("workbench").attention_maps(c.vit, x),
+    "chefer_relevance": lambda c, x: __import__("workbench").chefer_relevance(c.vit, x),
+    "communities": lambda c, x: __import__("workbench").communities(c.vit, x, k=2),
+    "train.predict": lambda c, x: __import__("workbench.train", fromlist=["predict"]).predict(c.cnn, x),
+    "fit": _fit_pair,
+    "evaluate": _eval_pair,
+    "evaluation.deletion_insertion": lambda c, x: __import__("workbench.evaluation", fromlist=["x"]).deletion_insertion(
+        c.cnn, x, torch.rand(4, 32, 32), steps=2),
+}
+CNN_VERBS = ("attribute", "train.predict", "fit", "evaluate", "evaluation.deletion_insertion")
+for _verb, _fn in IMAGE_VERBS.items():
+    for _kind, (_says, _expect, _issue) in IMAGE_KINDS.items():
+        if _kind == "size48" and _verb in CNN_VERBS:  # a CNN takes any size: valid input
+            _says, _expect, _issue = "", "ok", False
+        case(_verb, f"images {_kind}", (lambda f, k: lambda c: f(c, c.xs(k)))(_fn, _kind), _says, _expect, _issue)
+
+# uint8 tensors: documented for attribute (scaled by 1/255), a dataset storage format elsewhere
+case("attribute", "images uint8 (documented: scaled by 1/255)",
+     lambda c: __import__("workbench").attribute(c.cnn, c.xs("uint8"), method="saliency"), expect="ok")
+case("attention_maps", "images uint8", lambda c: __import__("workbench").attention_maps(c.vit, c.xs("uint8")),
+     r"uint8|float")
+case("attribute", "ViT images 0-255", lambda c: __import__("workbench").attribute(c.vit, c.xs("x255"), method="chefer"),
+     r"255", issue=True)
+case("attribute", "ViT images 48 px", lambda c: __import__("workbench").attribute(c.vit, c.xs("size48"), method="saliency"),
+     r"32", issue=True)
+case("fit", "ViT images 48 px", lambda c: _wb().fit(c.fresh("vit"), (c.xs("size48"), c.y), epochs=1, batch_size=2,
+                                                     progress=False), r"32", issue=True)
+case("train.predict", "ViT images 48 px", lambda c: importlib.import_module("workbench.train").predict(
+    c.vit, c.xs("size48")), r"32", issue=True)
+case("evaluate", "ViT images 48 px", lambda c: _wb().evaluate(c.vit, (c.xs("size48"), c.y), device="cpu"), r"32")
+case("attribute", "ViT images 3 channels",
+     lambda c: __import__("workbench").attribute(c.vit, c.xs("chans3"), method="integrated_gradients", n_steps=2),
+     r"channel", issue=True)
+case("evaluation.randomisation_test", "images 0-255", lambda c: __import__("workbench.evaluation", fromlist=["x"]).randomisation_test(
+    c.cnn, c.xs("x255")[:2], "saliency", layers=["fc"], progress=False), r"255")
+case("evaluation.randomisation_test", "images 3 channels", lambda c: __import__("workbench.evaluation", fromlist=["x"]).randomisation_test(
+    c.cnn, c.xs("chans3")[:2], "saliency", layers=["fc"], progress=False), r"channel")
+
+
+def _ev() -> Any:
+    return importlib.import_module("workbench.evaluation")
+
+
+def _wb() -> Any:
+    return importlib.import_module("workbench")
+
+
+def _viz() -> Any:
+    return importlib.import_module("workbench.viz")
+
+
+def _data() -> Any:
+    return importlib.import_module("workbench.data")
+
+
+def _models() -> Any:
+    return importlib.import_module("workbench.models")
+
+
+# ------------------------------------------------------------------ fit: labels, data, arguments
+def _fit(c: Ctx, data: Any, model: Any = None, **kw: Any) -> Any:
+    kw = {"epochs": 1, "batch_size": 4, "progress": False, **kw}
+    return _wb().fit(model if model is not None else c.fresh(), data, **kw)
+
+
+case("fit", "fractional labels in a pair", lambda c: _fit(c, (c.x, torch.tensor([0.2, 0.7, 0.4, 0.9]))),
+     r"fraction|integer|whole", issue=True)
+case("fit", "empty dataset", lambda c: _fit(c, c.ds.subset([])), r"empty|no samples|0 samples", issue=True)
+case("fit", "empty pair", lambda c: _fit(c, (c.x[:0], c.y[:0])), r"empty|no samples|0 samples", issue=True)
+case("fit", "3-output model, 2 classes", lambda c: _fit(c, c.ds, model=c.fresh("cnn3")), r"3 outputs|num_classes",
+     issue=True)
+case("fit", "plain list of samples", lambda c: _fit(c, [c.ds[i] for i in range(4)]), r"list", issue=True)
+case("fit", "augment='flip'", lambda c: _fit(c, c.ds, augment="flip"), r"augment|callable", issue=True)
+case("fit", "labels out of range", lambda c: _fit(c, (c.x, torch.tensor([0, 1, 2, 5]))), r"5|range")
+case("fit", "negative labels", lambda c: _fit(c, (c.x, torch.tensor([0, -1, 0, 1]))), r"-1|range|negative")
+case("fit", "labels length mismatch", lambda c: _fit(c, (c.x, torch.tensor([0, 1, 0]))), r"3|rows|length")
+case("fit", "NaN labels", lambda c: _fit(c, (c.x, torch.tensor([0.0, float("nan"), 1.0, 0.0]))), r"nan")
+case("fit", "string labels", lambda c: _fit(c, (c.x, ["a", "b", "a", "b"])), r"label")
+case("fit", "multilabel labels wrong width", lambda c: _fit(c, (c.x, torch.ones(4, 3))), r"3|outputs|num_classes")
+case("fit", "epochs=0", lambda c: _fit(c, c.ds, epochs=0), r"epochs")
+case("fit", "batch_size=0", lambda c: _fit(c, c.ds, batch_size=0), r"batch_size")
+case("fit", "batch_size=2.5", lambda c: _fit(c, c.ds, batch_size=2.5), r"batch_size")
+case("fit", "lr=-1", lambda c: _fit(c, c.ds, lr=-1.0), r"lr")
+case("fit", "lr='fast'", lambda c: _fit(c, c.ds, lr="fast"), r"lr")
+case("fit", "weight_decay=-0.1", lambda c: _fit(c, c.ds, weight_decay=-0.1), r"weight_decay")
+case("fit", "warmup=2", lambda c: _fit(c, c.ds, warmup=2.0), r"warmup")
+case("fit", "grad_clip=0", lambda c: _fit(c, c.ds, grad_clip=0.0), r"grad_clip")
+case("fit", "max_seconds=-5", lambda c: _fit(c, c.ds, max_seconds=-5), r"max_seconds")
+case("fit", "class_weights wrong length", lambda c: _fit(c, c.ds, class_weights=[1.0, 2.0, 3.0]), r"class_weights")
+case("fit", "early_stopping without val", lambda c: _fit(c, c.ds, early_stopping=2), r"val")
+case("fit", "num_workers=-1", lambda c: _fit(c, c.ds, num_workers=-1), r"num_workers")
+case("fit", "device='cuda' without a GPU", lambda c: _fit(c, c.ds, device="cuda"), r"cuda|gpu", issue=True)
+case("fit", "device='tpu'", lambda c: _fit(c, c.ds, device="tpu"), r"device")
+case("fit", "val with other classes", lambda c: _fit(c, c.ds, val=(c.x, torch.tensor([0, 1, 2, 2]))), r"val|2|range")
+case("fit", "model is not a module", lambda c: _wb().fit("resnet18", c.ds, epochs=1, progress=False), r"model|Module")
+case("fit", "labels (N, 1) (documented)", lambda c: _fit(c, (c.x, c.y[:, None])), expect="ok")
+case("fit", "float labels 0.0/1.0", lambda c: _fit(c, (c.x, c.y.float())), expect="ok")
+case("fit", "uint8 dataset images", lambda c: _fit(c, c.ds), expect="ok")
+case("fit", "augment transform (documented)",
+     lambda c: _fit(c, c.ds, augment=_data().transforms.RandomIntensity(brightness=0.1, contrast=0.1, seed=0)),
+     expect="ok")
+case("fit", "float dataset images 0-255",
+     lambda c: _fit(c, _data().ArrayDataset(c.x * 255, c.y, classes=("a", "b"), task="binary")), r"255",
+     issue=True)
+
+# ------------------------------------------------------------------ evaluate / predict
+case("evaluate", "one-class test set", lambda c: _wb().evaluate(c.cnn, (c.x, torch.zeros(4, dtype=torch.long)),
+                                                                device="cpu"),
+     r"one class|only|single class|undefined", expect="warn", issue=True)
+case("evaluate", "bootstrap=-5", lambda c: _wb().evaluate(c.cnn, c.ds, device="cpu", bootstrap=-5), r"bootstrap",
+     issue=True)
+case("evaluate", "bootstrap=2.5", lambda c: _wb().evaluate(c.cnn, c.ds, device="cpu", bootstrap=2.5), r"bootstrap")
+case("evaluate", "ci=1.5", lambda c: _wb().evaluate(c.cnn, c.ds, device="cpu", bootstrap=10, ci=1.5), r"ci")
+case("evaluate", "batch_size=0", lambda c: _wb().evaluate(c.cnn, c.ds, device="cpu", batch_size=0), r"batch_size")
+case("evaluate", "empty dataset", lambda c: _wb().evaluate(c.cnn, c.ds.subset([]), device="cpu"), r"empty|no samples")
+case("evaluate", "3-output model", lambda c: _wb().evaluate(c.cnn3, c.ds, device="cpu"), r"3 outputs|num_classes")
+case("evaluate", "plain list", lambda c: _wb().evaluate(c.cnn, [c.ds[0], c.ds[1]], device="cpu"), r"list")
+case("evaluate", "fractional labels", lambda c: _wb().evaluate(c.cnn, (c.x, torch.tensor([0.2, 0.7, 0.4, 0.9])),
+                                                               device="cpu"), r"fraction|integer")
+case("evaluate", "device='cuda' without a GPU", lambda c: _wb().evaluate(c.cnn, c.ds, device="cuda"), r"cuda|gpu")
+case("train.predict", "batch_size=-1", lambda c: importlib.import_module("workbench.train").predict(
+    c.cnn, c.x, batch_size=-1), r"batch_size")
+case("train.predict", "a string", lambda c: importlib.import_module("workbench.train").predict(c.cnn, "images.png"),
+     r"str|tensor|dataset")
+
+# ------------------------------------------------------------------ attribute: arguments
+_attr = lambda c, **kw: _wb().attribute(c.cnn, c.x[:2], **kw)  # noqa: E731
+case("attribute", "unknown method", lambda c: _attr(c, method="gradcam++"), r"unknown|valid")
+case("attribute", "target out of range", lambda c: _attr(c, method="saliency", target=5), r"5|outputs")
+case("attribute", "target float", lambda c: _attr(c, method="saliency", target=torch.tensor([0.5, 1.0])), r"target")
+case("attribute", "target wrong length", lambda c: _attr(c, method="saliency", target=[0, 1, 1]), r"target")
+case("attribute", "nt_samples=0", lambda c: _attr(c, method="smoothgrad", nt_samples=0), r"nt_samples", issue=True)
+case("attribute", "n_steps=0", lambda c: _attr(c, method="integrated_gradients", n_steps=0), r"n_steps")
+case("attribute", "internal_batch_size=0", lambda c: _attr(c, method="saliency", internal_batch_size=0),
+     r"internal_batch_size")
+case("attribute", "unknown keyword", lambda c: _attr(c, method="saliency", steps=3), r"steps|keyword")
+case("attribute", "gradcam unknown layer", lambda c: _attr(c, method="gradcam", layer="layer9"), r"layer9|layer")
+case("attribute", "occlusion window larger than image", lambda c: _attr(c, method="occlusion", window=64),
+     r"window")
+case("attribute", "model is a string", lambda c: _wb().attribute("resnet18", c.x, method="saliency"), r"model")
+case("attribute", "device='cuda' without a GPU", lambda c: _attr(c, method="saliency", device="cuda"), r"cuda|gpu")
+case("attribute", "chefer on a CNN", lambda c: _attr(c, method="chefer"), r"attention|ViT|transformer")
+
+# ------------------------------------------------------------------ attention and derived maps
+case("attention_maps", "CNN model", lambda c: _wb().attention_maps(c.cnn, c.x), r"attention")
+case("attention_maps", "layer out of range", lambda c: _wb().attention_maps(c.vit, c.x, layers=[7]), r"7|layer")
+case("attention_maps", "unknown layer name", lambda c: _wb().attention_maps(c.vit, c.x, layers=["blocks.9.attn"]),
+     r"blocks\.9|layer")
+case("attention_maps", "images slightly out of range (augmentation)",
+     lambda c: _wb().attention_maps(c.vit, c.xs("hair")), expect="ok")
+case("chefer_relevance", "target out of range", lambda c: _wb().chefer_relevance(c.vit, c.x, target=4), r"4|target")
+case("chefer_relevance", "start_layer=5", lambda c: _wb().chefer_relevance(c.vit, c.x, start_layer=5), r"start_layer")
+case("rollout", "not AttentionMaps", lambda c: _wb().rollout(torch.rand(2, 3, 17, 17)), r"AttentionMaps")
+case("rollout", "head_fusion='median'", lambda c: _wb().rollout(c.maps, head_fusion="median"), r"head_fusion|median")
+case("rollout", "discard_ratio=1.5", lambda c: _wb().rollout(c.maps, discard_ratio=1.5), r"discard_ratio")
+case("attention.cls_attention", "layer=5", lambda c: importlib.import_module("workbench.attention").cls_attention(
+    c.maps, layer=5), r"layer")
+case("attention.cls_attention", "head=9", lambda c: importlib.import_module("workbench.attention").cls_attention(
+    c.maps, head=9), r"head")
+case("attention.upsample", "size=0", lambda c: importlib.import_module("workbench.attention").upsample(
+    torch.rand(2, 4, 4), 0), r"size")
+case("attention.upsample", "mode='cubic'", lambda c: importlib.import_module("workbench.attention").upsample(
+    torch.rand(2, 4, 4), 8, mode="cubic"), r"mode|cubic")
+
+# ------------------------------------------------------------------ communities
+case("communities", "k=1", lambda c: _wb().communities(c.maps, k=1), r"k")
+case("communities", "k larger than patches", lambda c: _wb().communities(c.maps, k=40), r"patches")
+case("communities", "unknown method", lambda c: _wb().communities(c.maps, k=2, method="louvain"), r"louvain|valid")
+case("communities", "layer=9", lambda c: _wb().communities(c.maps, k=2, layer=9), r"layer")
+case("communities", "head=7", lambda c: _wb().communities(c.maps, k=2, head=7), r"head")
+case("communities", "model without images", lambda c: _wb().communities(c.vit, k=2), r"images")
+case("communities", "a tensor instead of maps", lambda c: _wb().communities(torch.rand(2, 17, 17), k=2),
+     r"AttentionMaps|model")
+case("communities", "dcmm on a plain ViT", lambda c: _wb().communities(c.maps, k=2, method="dcmm"), r"dcmm|DCMM")
+
+# ------------------------------------------------------------------ evaluation
+_pg = lambda c, maps, masks, **kw: _ev().pointing_game(maps, masks, **kw)  # noqa: E731
+case("evaluation.anatomy_alignment", "all-empty masks",
+     lambda c: _ev().anatomy_alignment(c.batch_comms, c.masks("empty")), r"empty", issue=True)
+case("evaluation.anatomy_alignment", "masks of another size",
+     lambda c: _ev().anatomy_alignment(c.batch_comms, c.masks("size64")), r"64|size|resize")
+case("evaluation.anatomy_alignment", "masks of another batch",
+     lambda c: _ev().anatomy_alignment(c.batch_comms, c.masks("batch2")), r"2|images")
+case("evaluation.anatomy_alignment", "not Communities",
+     lambda c: _ev().anatomy_alignment(c.maps, c.masks()), r"Communities")
+case("evaluation.anatomy_alignment", "masks not a mapping or tensor",
+     lambda c: _ev().anatomy_alignment(c.batch_comms, ["left_lung"]), r"masks")
+case("evaluation.pointing_game", "masks of another size", lambda c: _pg(c, c.attr, c.masks("size64")), r"resize")
+case("evaluation.pointing_game", "masks of another batch", lambda c: _pg(c, c.attr, c.masks("batch2")), r"images|mask")
+case("evaluation.pointing_game", "ties='random'", lambda c: _pg(c, c.attr, c.masks(), ties="random"), r"ties")
+case("evaluation.pointing_game", "tolerance=-2", lambda c: _pg(c, c.attr, c.masks(), tolerance=-2), r"tolerance")
+case("evaluation.pointing_game", "maps (B, C, H, W) with C=3",
+     lambda c: _pg(c, torch.rand(4, 3, 32, 32), c.masks()), r"\(B, H, W\)")
+case("evaluation.pointing_game", "all-empty masks (documented: warning, mean 0)",
+     lambda c: _pg(c, c.attr, c.masks("empty")), expect="ok")
+case("evaluation.relevance_mass", "NaN in maps (documented: counted as 0)",
+     lambda c: _ev().relevance_mass(torch.where(c.attr.maps > 0, c.attr.maps, torch.nan), c.masks()), expect="ok")
+case("evaluation.relevance_mass", "masks of another size",
+     lambda c: _ev().relevance_mass(c.attr, c.masks("size64")), r"resize")
+case("evaluation.relevance_mass", "masks a list", lambda c: _ev().relevance_mass(c.attr, [1, 2]), r"mask")
+case("evaluation.relevance_rank_accuracy", "masks of another size",
+     lambda c: _ev().relevance_rank_accuracy(c.attr, c.masks("size64")), r"resize")
+case("evaluation.topk_iou", "k=0", lambda c: _ev().topk_iou(c.attr, c.masks(), k=0), r"k")
+case("evaluation.topk_iou", "k=-0.5", lambda c: _ev().topk_iou(c.attr, c.masks(), k=-0.5), r"k")
+case("evaluation.topk_iou", "k larger than the image", lambda c: _ev().topk_iou(c.attr, c.masks(), k=5000), r"k|pixels")
+case("evaluation.structure_budget", "masks empty dict", lambda c: _ev().structure_budget(c.attr, {}), r"empty")
+case("evaluation.structure_budget", "masks of another size",
+     lambda c: _ev().structure_budget(c.attr, c.masks("size64")), r"resize")
+case("evaluation.cohort_budget", "bootstrap=-1", lambda c: _ev().cohort_budget(c.attr, c.masks(), bootstrap=-1),
+     r"bootstrap", issue=True)
+case("evaluation.cohort_budget", "ci=95", lambda c: _ev().cohort_budget(c.attr, c.masks(), ci=95), r"ci")
+case("evaluation.cohort_budget", "no masks", lambda c: _ev().cohort_budget(c.attr), r"masks")
+case("evaluation.evaluate_localisation", "masks of another size",
+     lambda c: _ev().evaluate_localisation(c.attr, c.masks("size64")), r"resize")
+case("evaluation.evaluate_localisation", "k=2.5", lambda c: _ev().evaluate_localisation(c.attr, c.masks(), k=2.5),
+     r"k")
+case("evaluation.deletion_insertion", "steps=0",
+     lambda c: _ev().deletion_insertion(c.cnn, c.x, c.attr, steps=0), r"steps")
+case("evaluation.deletion_insertion", "maps of another batch",
+     lambda c: _ev().deletion_insertion(c.cnn, c.x, torch.rand(2, 32, 32), steps=2), r"images|maps")
+case("evaluation.deletion_insertion", "target out of range",
+     lambda c: _ev().deletion_insertion(c.cnn, c.x, torch.rand(4, 32, 32), target=7, steps=2), r"7|classes")
+case("evaluation.deletion_insertion", "baseline='noise'",
+     lambda c: _ev().deletion_insertion(c.cnn, c.x, torch.rand(4, 32, 32), baseline="noise", steps=2), r"baseline")
+case("evaluation.deletion_insertion", "batch_size=0",
+     lambda c: _ev().deletion_insertion(c.cnn, c.x, torch.rand(4, 32, 32), batch_size=0, steps=2), r"batch_size")
+case("evaluation.deletion_insertion", "mode='both'",
+     lambda c: _ev().deletion_insertion(c.cnn, c.x, torch.rand(4, 32, 32), mode="both", steps=2), r"mode")
+case("evaluation.deletion_insertion", "coarser maps (documented: resized)",
+     lambda c: _ev().deletion_insertion(c.cnn, c.x, torch.rand(4, 8, 8), steps=2), expect="ok")
+case("evaluation.randomisation_test", "unknown method",
+     lambda c: _ev().randomisation_test(c.cnn, c.x[:2], "magic", layers=["fc"], progress=False), r"magic|valid")
+case("evaluation.randomisation_test", "unknown layer",
+     lambda c: _ev().randomisation_test(c.cnn, c.x[:2], "saliency", layers=["head9"], progress=False), r"head9")
+case("evaluation.randomisation_test", "order='random'",
+     lambda c: _ev().randomisation_test(c.cnn, c.x[:2], "saliency", order="random", progress=False), r"order")
+case("evaluation.randomisation_test", "similarity='pearson'",
+     lambda c: _ev().randomisation_test(c.cnn, c.x[:2], "saliency", similarity="pearson", progress=False),
+     r"pearson|similarity")
+case("evaluation.mask_of_truth", "unknown structure", lambda c: _ev().mask_of_truth(c.ds, "liver"), r"liver")
+case("evaluation.mask_of_truth", "variant='inside'", lambda c: _ev().mask_of_truth(c.ds, "heart", variant="inside"),
+     r"variant")
+case("evaluation.mask_of_truth", "fill='noise'", lambda c: _ev().mask_of_truth(c.ds, "heart", fill="noise"), r"fill")
+case("evaluation.mask_of_truth", "not a dataset", lambda c: _ev().mask_of_truth([1, 2], "heart"), r"dataset|batch")
+case("evaluation.subgroup_metrics", "unknown meta key",
+     lambda c: _ev().subgroup_metrics(c.cnn, c.ds, "scanner", bootstrap=0), r"scanner")
+case("evaluation.subgroup_metrics", "bootstrap=-3",
+     lambda c: _ev().subgroup_metrics(c.cnn, c.ds, "site", bootstrap=-3), r"bootstrap")
+case("evaluation.subgroup_metrics", "probs of another length",
+     lambda c: _ev().subgroup_metrics(c.cnn, c.ds, "site", probs=torch.rand(3, 2), bootstrap=0), r"probs|3|16")
+case("evaluation.mask_of_truth_protocol", "unknown variant",
+     lambda c: _ev().mask_of_truth_protocol(c.cnn, c.ds, variants=("inside",)), r"variant")
+case("evaluation.mask_of_truth_protocol", "train without train_data",
+     lambda c: _ev().mask_of_truth_protocol(c.cnn, c.ds, train=True), r"train_data")
+case("evaluation.mask_of_truth_protocol", "unknown structure",
+     lambda c: _ev().mask_of_truth_protocol(c.cnn, c.ds, structures=("liver",)), r"liver")
+case("evaluation.shortcut_audit", "unknown structure",
+     lambda c: _ev().shortcut_audit(c.cnn, c.ds, structures=("liver",), bootstrap=0), r"liver")
+case("evaluation.shortcut_audit", "n_budget=0",
+     lambda c: _ev().shortcut_audit(c.cnn, c.ds, bootstrap=0, method="saliency", n_budget=0), r"n_budget")
+case("evaluation.shortcut_audit", "3-output model",
+     lambda c: _ev().shortcut_audit(c.cnn3, c.ds, bootstrap=0), r"3 outputs|num_classes")
+
+# ------------------------------------------------------------------ data
+_load = lambda *a, **kw: _data().load(*a, **kw)  # noqa: E731
+case("data.load", "n=-1", lambda c: _load("phantom", n=-1, size=32, cache=False, progress=False), r"\bn\b", issue=True)
+case("data.load", "n=-1 on an .npz", lambda c: _load(c.npz, n=-1), r"\bn\b", issue=True)
+case("data.load", "n=0", lambda c: _load(c.npz, n=0), r"\bn\b")
+case("data.load", "n=2.5", lambda c: _load(c.npz, n=2.5), r"\bn\b")
+case("data.load", "size=0", lambda c: _load(c.npz, size=0), r"size")
+case("data.load", "size=-8", lambda c: _load("phantom", n=4, size=-8, cache=False, progress=False), r"size")
+case("data.load", "size='big'", lambda c: _load(c.npz, size="big"), r"size")
+case("data.load", "channels=2", lambda c: _load(c.npz, channels=2), r"channels")
+case("data.load", "unknown source", lambda c: _load("phantomm"), r"phantomm|source")
+case("data.load", "missing .npz", lambda c: _load(c.tmp / "missing.npz"), r"missing\.npz|no such")
+case("data.load", "unknown split", lambda c: _load(c.npz, split="tst"), r"split")
+case("data.load", "phantom unknown split", lambda c: _load("phantom", split="tst", n=4, size=32, cache=False,
+                                                           progress=False), r"split")
+case("data.load", "phantom unknown task", lambda c: _load("phantom", n=4, size=32, task="cancer", cache=False,
+                                                          progress=False), r"task|cancer")
+case("data.load", "phantom unknown option", lambda c: _load("phantom", n=4, size=32, colour=True, cache=False,
+                                                            progress=False), r"colour")
+case("data.load", "label 255 in a binary .npz", lambda c: _load(c.write_npz("l255.npz", labels=np.r_[[0, 1] * 7, 1, 255])),
+     r"255", issue=True)
+case("data.load", "fractional labels in an .npz", lambda c: _load(c.write_npz("frac.npz", labels=np.linspace(0, 1, 16))),
+     r"integer|non-integer")
+case("data.load", "float images 0-255 in an .npz",
+     lambda c: _load(c.write_npz("f255.npz", images=np.full((16, 28, 28), 200.0))), r"\[0, 1\]|255")
+case("data.load", "NaN images in an .npz",
+     lambda c: _load(c.write_npz("nan.npz", images=np.full((16, 28, 28), np.nan))), r"nan")
+case("data.load", "corrupt .npz", lambda c: (c.tmp / "bad.npz").write_bytes(b"PK\x03\x04garbage") and _load(c.tmp / "bad.npz"),
+     r"corrupt|read")
+case("data.load", "folder: labels.csv without id",
+     lambda c: _load(c.folder("noid", csv="name,label\nim0,0\nim1,1\n")), r"id")
+case("data.load", "folder: corrupt image", lambda c: _load(c.folder("corrupt", corrupt=True)), r"im1|image|read")
+case("data.load", "folder: mask of another size than its image",
+     lambda c: _load(c.folder("mask64", mask_size=64)), r"64x64")
+case("data.load", "folder: unknown label column", lambda c: _load(c.folder("lc"), label_column="finding"), r"finding")
+case("data.load", "folder: label 255 among 0/1",
+     lambda c: _load(c.folder("l255", csv="id,label\nim0,0\nim1,255\n")), r"255")
+case("data.load", "folder: no images/",
+     lambda c: _load(c.tmp), r"images")
+case("data.load", "source is a number", lambda c: _load(42), r"source")
+case("data.load", "size=(32, 48) for an .npz (documented)", lambda c: _load(c.npz, size=(32, 48)), expect="ok")
+case("data.load", "phantom size=(32, 48)", lambda c: _load("phantom", n=4, size=(32, 48), cache=False,
+                                                           progress=False), r"int|square")
+_AD = lambda *a, **kw: _data().ArrayDataset(*a, **kw)  # noqa: E731
+case("data.ArrayDataset", "float images 0-255", lambda c: _AD(c.x * 255, c.y, classes=("a", "b"), task="binary"),
+     r"255", issue=True)
+case("data.ArrayDataset", "NaN images", lambda c: _AD(c.xs("nan"), c.y, classes=("a", "b"), task="binary"), r"nan")
+case("data.ArrayDataset", "inf images", lambda c: _AD(c.xs("inf"), c.y, classes=("a", "b"), task="binary"), r"inf")
+case("data.ArrayDataset", "labels out of range", lambda c: _AD(c.x, torch.tensor([0, 1, 2, 0]), classes=("a", "b"),
+                                                               task="binary"), r"2|range|lie")
+case("data.ArrayDataset", "fractional labels", lambda c: _AD(c.x, torch.tensor([0.0, 0.5, 1.0, 0.0]),
+                                                             classes=("a", "b"), task="binary"), r"fraction|integer")
+case("data.ArrayDataset", "mask of another size", lambda c: _AD(c.x, c.y, classes=("a", "b"), task="binary",
+                                                                  masks={"lung": torch.zeros(4, 16, 16)}), r"lung|geometry")
+case("data.ArrayDataset", "unknown task", lambda c: _AD(c.x, c.y, classes=("a", "b"), task="regression"), r"task")
+case("data.ArrayDataset", "int64 images", lambda c: _AD(c.xs("int64"), c.y, classes=("a", "b"), task="binary"),
+     r"uint8|float")
+case("data.ArrayDataset", "uint8 images (documented)", lambda c: _AD(c.xs("uint8"), c.y, classes=("a", "b"),
+                                                                     task="binary"), expect="ok")
+case("data.resize_images", "size=0", lambda c: _data().resize_images(c.x, 0), r"size")
+case("data.resize_images", "(H, W) tensor", lambda c: _data().resize_images(c.x[0, 0], 16), r"shape|\(N, C, H, W\)|dim")
+case("data.resize_masks", "size=-4", lambda c: _data().resize_masks(c.masks()["heart"], -4), r"size")
+case("data.label_map", "empty masks dict", lambda c: _data().label_map({}, ["heart"]), r"empty|masks")
+case("data.label_map", "masks of different sizes",
+     lambda c: _data().label_map({"a": torch.zeros(4, 8, 8, dtype=torch.bool), "b": torch.zeros(4, 9, 9, dtype=torch.bool)},
+                                 ["a", "b"]), r"shape|size")
+case("data.to_numpy_image", "a string", lambda c: _data().to_numpy_image("image.png"), r"tensor|image")
+case("data.transforms", "RandomAffine degrees=-5 scale=(0, 1)",
+     lambda c: _data().transforms.RandomAffine(10, scale=(0.0, 1.0)), r"scale")
+case("data.transforms", "Resize size=0", lambda c: _data().transforms.Resize(0), r"size")
+case("data.transforms", "RandomHorizontalFlip p=2", lambda c: _data().transforms.RandomHorizontalFlip(2.0), r"\bp\b")
+
+# ------------------------------------------------------------------ models
+_create = lambda *a, **kw: _models().create(*a, **kw)  # noqa: E731
+case("models.create", "unknown name", lambda c: _create("resnet19", num_classes=2), r"resnet19")
+case("models.create", "num_classes=0", lambda c: _create("resnet18", num_classes=0, img_size=32, in_chans=1),
+     r"num_classes")
+case("models.create", "num_classes=2.5", lambda c: _create("resnet18", num_classes=2.5, img_size=32, in_chans=1),
+     r"num_classes")
+case("models.create", "in_chans=0", lambda c: _create("resnet18", num_classes=2, img_size=32, in_chans=0), r"in_chans")
+case("models.create", "img_size=-32", lambda c: _create("vit_tiny", num_classes=2, img_size=-32, in_chans=1,
+                                                         patch_size=8, depth=1), r"img_size")
+case("models.create", "patch_size does not divide img_size",
+     lambda c: _create("vit_tiny", num_classes=2, img_size=30, in_chans=1, patch_size=8, depth=1), r"patch")
+case("models.create", "attention='sparse'", lambda c: _create("vit_tiny", num_classes=2, img_size=32, in_chans=1,
+                                                               patch_size=8, depth=1, attention="sparse"), r"attention")
+case("models.create", "dcmm on a CNN", lambda c: _create("resnet18", num_classes=2, img_size=32, in_chans=1,
+                                                          attention="dcmm"), r"dcmm|ViT|attention")
+case("models.save", "unwritable path", lambda c: _models().save(c.cnn, c.unwritable / "model"), r"writ|folder|director",
+     issue=True)
+case("models.save", "read-only file system", lambda c: _models().save(c.cnn, c.readonly.with_suffix("")),
+     r"writ|permission", issue=True)
+case("models.save", "a plain torch module", lambda c: _models().save(torch.nn.Linear(2, 2), c.tmp / "lin"),
+     r"workbench_config")
+case("models.save", "into a new folder (documented: created)",
+     lambda c: _models().save(c.cnn, c.tmp / "new" / "deep" / "model"), expect="ok")
+case("models.load", "missing checkpoint", lambda c: _models().load(c.tmp / "nothing"), r"not found")
+case("models.load", "corrupt config", lambda c: (c.tmp / "bad.json").write_text("{oops") and (
+    c.tmp / "bad.safetensors").write_bytes(b"x") and _models().load(c.tmp / "bad"), r"JSON|corrupt")
+case("models.load", "corrupt weights", lambda c: shutil.copy(str(c.ckpt) + ".json", c.tmp / "badw.json") and (
+    c.tmp / "badw.safetensors").write_bytes(b"\x00" * 16) and _models().load(c.tmp / "badw"), r"corrupt|read")
+case("models.load", "device='cuda' without a GPU", lambda c: _models().load(c.ckpt, device="cuda"), r"cuda|gpu")
+case("models.load_weights", "weights of another model", lambda c: _models().load_weights(c.cnn3, c.ckpt), r"fit")
+case("models.read_config", "missing config", lambda c: _models().read_config(c.tmp / "nothing"), r"not found")
+
+# ------------------------------------------------------------------ viz
+case("viz.community_overlay", "masks of another size",
+     lambda c: _viz().community_overlay(c.batch["image"], c.batch_comms, 0, masks=c.masks("size64")), r"64|size|resize",
+     issue=True)
+case("viz.community_overlay", "index out of range",
+     lambda c: _viz().community_overlay(c.batch["image"], c.batch_comms, 9), r"index", issue=True)
+case("viz.community_overlay", "index=-9", lambda c: _viz().community_overlay(c.batch["image"], c.batch_comms, -9),
+     r"index", issue=True)
+case("viz.community_overlay", "image of another size",
+     lambda c: _viz().community_overlay(torch.rand(4, 1, 64, 64), c.batch_comms, 0, masks=c.masks()), r"64|size")
+case("viz.community_overlay", "alpha=2", lambda c: _viz().community_overlay(c.batch["image"], c.batch_comms, 0, alpha=2),
+     r"alpha")
+case("viz.community_overlay", "not Communities",
+     lambda c: _viz().community_overlay(c.batch["image"], c.maps, 0), r"Communities")
+case("viz.community_overlay", "no image (documented: grey canvas)",
+     lambda c: _viz().community_overlay(None, c.batch_comms, 0), expect="ok")
+case("viz.community_grid", "index out of range",
+     lambda c: _viz().community_grid(c.batch["image"], c.vit, index=7, k=2), r"index")
+case("viz.community_grid", "layer out of range",
+     lambda c: _viz().community_grid(c.batch["image"], c.vit, layers=[5], k=2), r"layer")
+case("viz.attention_grid", "index out of range", lambda c: _viz().attention_grid(c.maps, index=9), r"index")
+case("viz.attention_grid", "head out of range", lambda c: _viz().attention_grid(c.maps, heads=[5]), r"head")
+case("viz.attention_grid", "not AttentionMaps", lambda c: _viz().attention_grid(torch.rand(2, 2, 17, 17)),
+     r"AttentionMaps")
+case("viz.attribution_grid", "indices out of range",
+     lambda c: _viz().attribution_grid(c.batch["image"], {"s": c.attr}, indices=[0, 8]), r"ind")
+case("viz.attribution_grid", "attributions of other images",
+     lambda c: _viz().attribution_grid(torch.rand(2, 1, 32, 32), {"s": c.attr}), r"images")
+case("viz.attribution_grid", "masks of another size",
+     lambda c: _viz().attribution_grid(c.batch["image"], {"s": c.attr}, masks=c.masks("size64")), r"64|size|resize")
+case("viz.gallery", "n=0", lambda c: _viz().gallery(c.ds, n=0), r"\bn\b")
+case("viz.gallery", "indices out of range", lambda c: _viz().gallery(c.ds, indices=[0, 99]), r"99|ind|range")
+case("viz.gallery", "not a dataset", lambda c: _viz().gallery(torch.rand(4, 1, 32, 32)), r"dataset")
+case("viz.save_figure", "unwritable folder",
+     lambda c: _viz().save_figure(__import__("matplotlib.pyplot").pyplot.figure(), c.unwritable / "fig.png"),
+     r"writ|folder|director", issue=True)
+case("viz.save_figure", "read-only file system",
+     lambda c: _viz().save_figure(__import__("matplotlib.pyplot").pyplot.figure(), c.readonly), r"writ|permission",
+     issue=True)
+case("viz.save_figure", "format jpgx",
+     lambda c: _viz().save_figure(__import__("matplotlib.pyplot").pyplot.figure(), c.tmp / "f.png", formats=["jpgx"]),
+     r"jpgx|format")
+case("viz.save_figure", "not a figure", lambda c: _viz().save_figure("figure", c.tmp / "f.png"), r"Figure")
+case("viz.budget_bars", "not a budget table", lambda c: _viz().budget_bars(torch.rand(3)), r"DataFrame|budget")
+case("viz.deletion_curves", "not Faithfulness", lambda c: _viz().deletion_curves(torch.rand(3, 5)), r"Faithfulness")
+case("viz.deletion_curves", "unknown mode", lambda c: _viz().deletion_curves(c.faith, modes=("both",)), r"mode|both")
+case("viz.audit_figure", "not an audit", lambda c: _viz().audit_figure({"a": 1}), r"ShortcutAudit|audit")
+case("viz.training_curves", "not a History", lambda c: _viz().training_curves([0.5, 0.4]), r"History")
+case("viz.draw_contours", "masks of another size", lambda c: _viz().draw_contours(
+    __import__("matplotlib.pyplot").pyplot.subplots()[1], c.masks("size64"), index=0), expect="ok")
+case("widgets.explorer", "a CNN", lambda c: importlib.import_module("workbench.widgets").explorer(c.cnn, c.ds),
+     r"attention|ViT")
+case("widgets.explorer", "not a dataset", lambda c: importlib.import_module("workbench.widgets").explorer(c.vit, c.x),
+     r"dataset")
+
+# ------------------------------------------------------------------ attribution helpers
+case("attribution.normalise", "mode='zscore'", lambda c: importlib.import_module("workbench.attribution").normalise(
+    c.attr, mode="zscore"), r"zscore|mode")
+case("attribution.baseline_like", "baseline='noise'", lambda c: importlib.import_module(
+    "workbench.attribution").baseline_like(c.x, "noise"), r"noise|baseline")
+case("attribution.default_cam_layer", "model without convolutions",
+     lambda c: importlib.import_module("workbench.attribution").default_cam_layer(torch.nn.Linear(2, 2), c.x),
+     r"layer|conv")
+case("attribution.slic_segments", "n_segments=0", lambda c: importlib.import_module(
+    "workbench.attribution").slic_segments(c.x, n_segments=0), r"n_segments")
+
+# ------------------------------------------------------------------ the command line
+_npz = lambda c: str(c.npz)  # noqa: E731
+case("cli.train", "--device cuda without a GPU", lambda c: c.cli(
+    "train", "--data", _npz(c), "--out", str(c.tmp / "t1"), "--epochs", "1", "--device", "cuda", "--no-progress"),
+     r"cuda|gpu", issue=True)
+case("cli.train", "unwritable --out", lambda c: c.cli(
+    "train", "--data", _npz(c), "--out", str(c.unwritable), "--epochs", "1", "--no-progress"), r"writ|folder|director",
+     issue=True)
+case("cli.train", "read-only --out", lambda c: c.cli(
+    "train", "--data", _npz(c), "--out", str(c.readonly.parent), "--epochs", "1", "--no-progress"), r"writ|permission",
+     issue=True)
+case("cli.train", "--epochs 0", lambda c: c.cli("train", "--data", _npz(c), "--out", str(c.tmp / "t2"), "--epochs",
+                                                "0", "--no-progress"), r"epochs")
+case("cli.train", "unknown --data", lambda c: c.cli("train", "--data", "phantomm", "--out", str(c.tmp / "t3")),
+     r"phantomm")
+case("cli.train", "unknown --model", lambda c: c.cli("train", "--data", _npz(c), "--model", "resnet19", "--out",
+                                                     str(c.tmp / "t4"), "--no-progress"), r"resnet19")
+case("cli.train", "--size -3", lambda c: c.cli("train", "--data", _npz(c), "--size", "-3", "--out", str(c.tmp / "t5")),
+     r"size")
+case("cli.train", "--batch-size 0", lambda c: c.cli("train", "--data", _npz(c), "--batch-size", "0", "--out",
+                                                    str(c.tmp / "t6"), "--no-progress"), r"batch")
+case("cli.train", "--lr abc", lambda c: c.cli("train", "--data", _npz(c), "--lr", "abc", "--out", str(c.tmp / "t7")),
+     r"lr|float")
+case("cli.evaluate", "missing --checkpoint", lambda c: c.cli("evaluate", "--checkpoint", str(c.tmp / "none"), "--data",
+                                                             _npz(c)), r"not found")
+case("cli.evaluate", "--device cuda without a GPU", lambda c: c.cli(
+    "evaluate", "--checkpoint", str(c.ckpt), "--data", _npz(c), "--device", "cuda", "--bootstrap", "0"), r"cuda|gpu",
+     issue=True)
+case("cli.evaluate", "--bootstrap -1", lambda c: c.cli("evaluate", "--checkpoint", str(c.ckpt), "--data", _npz(c),
+                                                       "--bootstrap", "-1", "--device", "cpu"), r"bootstrap")
+case("cli.evaluate", "--split tst", lambda c: c.cli("evaluate", "--checkpoint", str(c.ckpt), "--data", _npz(c),
+                                                    "--split", "tst", "--device", "cpu"), r"split")
+case("cli.demo", "unwritable --out", lambda c: c.cli("demo", "--quick", "--no-progress", "--out", str(c.unwritable)),
+     r"writ|folder|director", issue=True)
+case("cli.demo", "--device cuda without a GPU", lambda c: c.cli(
+    "demo", "--quick", "--no-progress", "--device", "cuda", "--out", str(c.tmp / "d1")), r"cuda|gpu", issue=True)
+case("cli.demo", "--epochs 0", lambda c: c.cli("demo", "--quick", "--no-progress", "--epochs", "0", "--out",
+                                               str(c.tmp / "d2")), r"epochs")
+
+
+# =================================================================================================
+# scoring
+# =================================================================================================
+def _raised_in_workbench(tb: Any) -> bool:
+    import workbench
+
+    frames = traceback.extract_tb(tb)
+    return bool(frames) and frames[-1].filename.startswith(str(Path(workbench.__file__).parent))
+
+
+def classify(c: Case, ctx: Ctx) -> tuple[str, str]:
+    """(outcome, detail) of running case ``c`` (see the module docstring for the rules)."""
+    says = re.compile(c.says, re.I) if c.says else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = c.call(ctx)
+        except Exception as e:  # noqa: BLE001 - scoring every exception is the point
+            msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+            detail = f"{type(e).__name__}: {msg}"
+            if c.expect == "ok":
+                return "false alarm", detail
+            clear = (isinstance(e, USER_ERRORS) and _raised_in_workbench(e.__traceback__)
+                     and not msg.startswith("[Errno") and (says is None or bool(says.search(msg))))
+            return ("clear" if clear else "unclear"), detail
+        finally:
+            import matplotlib.pyplot as plt
+
+            plt.close("all")
+    warned = [str(w.message) for w in caught if says is not None and says.search(str(w.message))]
+    if c.verb.startswith("cli."):
+        code, err = result
+        lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+        detail = f"exit {code}: {err.strip()[-300:]}"
+        if code == 0:
+            return "silent", detail
+        one_line = [ln for ln in lines if ln.startswith("workbench") or ln.startswith("usage:")]
+        ok = (one_line and "Traceback" not in err and "[Errno" not in err
+              and (says is None or bool(says.search(err))))
+        return ("clear" if ok else "unclear"), detail
+    if c.expect == "ok":
+        return "fine", "ran"
+    if c.expect == "warn" and warned:
+        return "clear", f"warned: {warned[0]}"
+    return "silent", "returned without an error" + (f" (warnings: {[str(w.message)[:80] for w in caught]})"
+                                                     if caught else "")
+
+
+def public_verbs() -> list[str]:
+    """Dotted names of the public verbs on this checkout (functions exported by ``workbench`` and
+    by each namespace in ``NAMESPACES`` that exists, the classes of ``CLASS_VERBS``, and one
+    ``cli.<command>`` per CLI command)."""
+    import workbench as wb
+    from workbench.cli import COMMANDS
+
+    out = set(CLASS_VERBS)
+    seen: set[int] = set()  # one name per function (wb.fit is wb.train.fit)
+    for name in wb.__all__:
+        obj = getattr(wb, name, None)
+        if inspect.isfunction(obj):
+            out.add(name)
+            seen.add(id(obj))
+    for ns in NAMESPACES:
+        try:
+            mod = importlib.import_module(f"workbench.{ns}")
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith(f"workbench.{ns}"):
+                continue  # that capability is not on this checkout yet
+            raise
+        for name in getattr(mod, "__all__", ()):
+            try:
+                obj = getattr(mod, name)
+            except (AttributeError, ImportError):
+                continue
+            if inspect.ismodule(obj):
+                if name == "transforms":
+                    out.add(f"{ns}.transforms")
+                continue
+            if inspect.isfunction(obj) and id(obj) not in seen:
+                out.add(f"{ns}.{name}")
+                seen.add(id(obj))
+    out.update(f"cli.{c}" for c in COMMANDS)
+    return sorted(out)
+
+
+def verbs_without_cases() -> list[str]:
+    covered = {c.verb for c in CASES}
+    return [v for v in public_verbs() if v not in covered and v not in EXEMPT]
+
+
+def run_all(cases: list[Case] | None = None) -> list[dict[str, Any]]:
+    """Classify every case; one dict per case (verb, name, outcome, detail, issue)."""
+    ctx = Ctx()
+    rows = []
+    try:
+        for c in cases or CASES:
+            torch.manual_seed(0)
+            outcome, detail = classify(c, ctx)
+            rows.append({"verb": c.verb, "name": c.name, "expect": c.expect, "outcome": outcome,
+                         "detail": detail.replace("\n", " ")[:300], "issue": c.issue})
+    finally:
+        ctx.close()
+    return rows
+
+
+if __name__ == "__main__":  # quick look: python tests/bad_inputs.py [verb-prefix]
+    prefix = sys.argv[1] if len(sys.argv) > 1 else ""
+    for r in run_all([c for c in CASES if c.verb.startswith(prefix)]):
+        print(f"{r['outcome']:12s} {r['verb']:32s} {r['name']:40s} {r['detail'][:150]}")
