@@ -14,7 +14,7 @@ from workbench.attribution import METHODS, Attribution, attribute, normalise, re
 from workbench.capture import hook_count
 
 VIT_ONLY = {"attention_rollout", "chefer"}
-CNN_ONLY = {"deeplift"}
+CNN_ONLY = {"deeplift", "lrp"}
 FAST = {  # small settings so every method runs in well under a second here
     "integrated_gradients": {"n_steps": 8},
     "smoothgrad": {"nt_samples": 3},

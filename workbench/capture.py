@@ -5,6 +5,7 @@ exception) and whose ``__exit__`` never swallows errors.
 
 - ``record_outputs``: keep the outputs of named submodules during a forward (optionally with
   their gradients after a backward), e.g. for Grad-CAM.
+- ``zennit_rules``: a zennit composite's LRP rules and canonizers, for LRP (workbench.attribution).
 - attention capture for timm ViTs lives below (see ``attention_maps`` in workbench.attention).
 """
 from __future__ import annotations
@@ -81,6 +82,21 @@ def record_outputs(model: nn.Module, modules: Mapping[str, nn.Module] | Sequence
     finally:
         for h in handles:
             h.remove()
+
+
+@contextlib.contextmanager
+def zennit_rules(model: nn.Module, composite: Any) -> Iterator[nn.Module]:
+    """Apply a zennit composite (its canonizers, then one LRP rule hook per module) for the block.
+
+    Everything is reverted in ``finally``: hooks removed, canonizers undone (merged BatchNorm
+    parameters, rewritten forwards, swapped modules put back), also when registering itself fails
+    halfway (zennit's own context manager would leave that half applied).
+    """
+    try:
+        composite.register(model)
+        yield model
+    finally:
+        composite.remove()
 
 
 def hook_count(model: nn.Module) -> int:

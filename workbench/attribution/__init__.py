@@ -18,6 +18,7 @@ shap_gradient          shap GradientExplainer                      sum over chan
 gradcam                Grad-CAM, size-adaptive layer; ViT tokens   >= 0, upsampled
 attention_rollout      rollout of CLS attention (ViT)              >= 0, upsampled
 chefer                 Chefer et al. 2021 relevance (ViT)          >= 0, upsampled
+lrp                    LRP via zennit (ResNets, VGG-style CNNs)    sum over channels
 =====================  ==========================================  ====================
 
 Add a method with ``@register_method("name")`` on ``fn(model, images, target, **kw)`` returning a
@@ -32,7 +33,7 @@ Examples:
 """
 from __future__ import annotations
 
-from . import methods_attention, methods_cam, methods_captum, methods_shap  # noqa: F401  (register)
+from . import methods_attention, methods_cam, methods_captum, methods_lrp, methods_shap  # noqa: F401  (register)
 from ._core import METHODS, Attribution, MethodOutput, attribute, normalise, register_method, select_target
 from .methods_cam import default_cam_layer
 from .methods_captum import baseline_like, default_window, slic_segments
