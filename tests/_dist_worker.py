@@ -39,6 +39,37 @@ def scenario_jobs(out: Path) -> None:
         "gathered": gathered.tolist(), "split": jobs.split_indices(23)}))
 
 
+def separable(n: int = 64, seed: int = 0):
+    from workbench.data import ArrayDataset
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    x = torch.rand(n, 1, 8, 8, generator=g) * 0.5
+    x[y == 1, :, 2:5, 2:5] += 0.5
+    return ArrayDataset(x, y, classes=("neg", "pos"), task="binary")
+
+
+def scenario_train(out: Path) -> None:
+    """fit (DDP under torchrun; a global batch of 16 either way) with validation, then evaluate.
+
+    Run in one process it is the reference the torchrun result must equal."""
+    import workbench as wb
+    from workbench import jobs
+
+    d = jobs.distributed()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
+                                torch.nn.Flatten(), torch.nn.Linear(16, 2))
+    if d.rank == 1:  # DDP starts every rank from rank 0's weights
+        torch.nn.init.normal_(model[0].weight)
+    history = wb.fit(model, separable(64), separable(40, seed=1), epochs=2, batch_size=16 // d.world_size, lr=0.05,
+                     class_weights=None, progress=False, device="cpu", num_workers=0)
+    ev = wb.evaluate(model, torch.utils.data.Subset(separable(40, seed=2), range(1, 40)), device="cpu", num_workers=0)
+    torch.save({"weights": [p.detach() for p in model.parameters()], "loss": history.loss,
+                "val_auc": history.val_auc, "auc": ev.auc, "n": ev.n, "world": d.world_size},
+               out / f"train_rank{d.rank}_world{d.world_size}.pt")
+
+
 if __name__ == "__main__":
-    name, target = sys.argv[1], Path(sys.argv[2])
-    globals()[f"scenario_{name}"](target)
+    names, target = sys.argv[1], Path(sys.argv[2])
+    for name in names.split(","):
+        globals()[f"scenario_{name}"](target)

@@ -1,6 +1,7 @@
 """workbench.jobs: shards, spec, manifest, resume, and the same job under torchrun (2 CPU processes, gloo)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -154,7 +155,7 @@ def test_torchrun_two_ranks_split_the_shards_and_a_dead_rank_resumes(tmp_path):
     r = torchrun("jobs", tmp_path, env={"DIE_AFTER": "1"})
     assert r.returncode != 0, r.stdout + r.stderr
     assert not (tmp_path / "job" / "manifest.json").exists()
-    r = torchrun("jobs", tmp_path, env={"RUN": "2"})
+    r = torchrun("jobs,train", tmp_path, env={"RUN": "2"})     # the rerun, then DDP training in the same launch
     assert r.returncode == 0, r.stdout + r.stderr
     res = [json.loads((tmp_path / f"rank{k}_run2.json").read_text()) for k in (0, 1)]
     assert [x["world"] for x in res] == [2, 2]
@@ -169,3 +170,16 @@ def test_torchrun_two_ranks_split_the_shards_and_a_dead_rank_resumes(tmp_path):
     redone = sorted(set(res[0]["written"]) | set(res[1]["written"]))
     assert not set(first["index"] // 4) & set(redone)                       # ...and not redone
     assert sorted(set(first["index"] // 4) | set(redone)) == list(range(6))
+
+    # fit under DDP (2 ranks x batch 8) equals fit in one process (batch 16); evaluate gathers all ranks
+    spec = importlib.util.spec_from_file_location("_dist_worker", HERE / "_dist_worker.py")
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    worker.scenario_train(tmp_path)
+    ref = torch.load(tmp_path / "train_rank0_world1.pt")
+    ranks = [torch.load(tmp_path / f"train_rank{k}_world2.pt") for k in (0, 1)]
+    for a, b, c in zip(ranks[0]["weights"], ranks[1]["weights"], ref["weights"]):
+        assert torch.equal(a, b)                                            # ranks stay in sync
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-5)              # and train like one process
+    assert ranks[0]["loss"] == pytest.approx(ref["loss"], rel=1e-4) and ranks[0]["val_auc"] == ref["val_auc"]
+    assert ranks[0]["auc"] == ranks[1]["auc"] == ref["auc"] and ranks[0]["n"] == ranks[1]["n"] == 39

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from workbench._device import model_device, resolve_device
-from workbench._train_data import (BatchSource, as_source, check_labels, class_weights, describe_nan,
+from workbench._device import model_device
+from workbench.jobs._dist import Dist, all_reduce_sum, broadcast, distributed, gather_by_index, rank_device
+from workbench._train_data import (BatchSource, TensorSource, as_source, check_labels, class_weights, describe_nan,
                                    labels_of, resolve_workers, task_of)
 from workbench._train_metrics import (Evaluation, accuracy_score, auc_score, bootstrap_ci,
                                       per_class_auc)
@@ -119,7 +120,7 @@ def _num_logits(model: torch.nn.Module, src: BatchSource) -> int:
     cfg = getattr(model, "workbench_config", None)
     if cfg and "num_classes" in cfg:
         return int(cfg["num_classes"])
-    x = next(src(shuffle=False))["image"]
+    x = src.first_image()
     with torch.no_grad():
         was = model.training
         model.eval()
@@ -147,6 +148,26 @@ def _objective(model: torch.nn.Module, loss_fn: Callable[[torch.Tensor, torch.Te
             logits = model(batch["image"])
         return loss_fn(logits, batch["label"]), logits
     return objective
+
+
+class _Step(torch.nn.Module):
+    """The training objective as a module, so DistributedDataParallel wraps every objective
+    (also a model's own ``training_loss``): its forward runs through DDP, which then averages
+    the gradients of the model's parameters over ranks during backward."""
+
+    def __init__(self, model: torch.nn.Module, objective: Callable[[dict[str, Any]], Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.objective(batch)
+
+
+def _ddp(model: torch.nn.Module, objective: Callable, dev: torch.device) -> torch.nn.Module:
+    """``objective`` wrapped in DistributedDataParallel (rank 0's weights are broadcast to all ranks)."""
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(_Step(model, objective), device_ids=[dev.index] if dev.type == "cuda" else None)
 
 
 def fit(model: torch.nn.Module, train: Any, val: Any = None, *, epochs: int = 10, batch_size: int = 64,
@@ -205,7 +226,8 @@ def fit(model: torch.nn.Module, train: Any, val: Any = None, *, epochs: int = 10
     if early_stopping is not None and (val is None or not isinstance(early_stopping, int) or early_stopping < 1):
         raise ValueError("early_stopping is a patience in epochs (int >= 1) on validation AUC and needs "
                          f"val data; got early_stopping={early_stopping!r}, val={'given' if val is not None else None}.")
-    dev = resolve_device(device)
+    dist = distributed()
+    dev = rank_device(device)
     train = as_source(train)
     task = task_of(train)
     use_amp = (dev.type == "cuda") if amp == "auto" else bool(amp)
@@ -222,7 +244,11 @@ def fit(model: torch.nn.Module, train: Any, val: Any = None, *, epochs: int = 10
     weights = _resolve_weights(class_weights, train, task, num_logits, dev)
     loss_fn = _loss_fn(task, weights)
     objective = _objective(model, loss_fn, dev.type, use_amp)
-    steps_per_epoch = src.num_batches(drop_last=True)
+    trained = model
+    if dist.distributed:  # torchrun: DistributedDataParallel; each rank takes its share of every batch
+        trained = _ddp(model, objective, dev)
+        objective = trained
+    steps_per_epoch = src.num_batches(drop_last=True, world=dist.world_size)
     total = steps_per_epoch * epochs
     opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999),
                             foreach=True if dev.type != "mps" else None)
@@ -235,15 +261,16 @@ def fit(model: torch.nn.Module, train: Any, val: Any = None, *, epochs: int = 10
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        bar = tqdm(total=epochs, desc="fit", disable=not progress, unit="epoch")
+        bar = tqdm(total=epochs, desc="fit", disable=not progress or not dist.is_main, unit="epoch")
         t_start = time.perf_counter()
         try:
             for epoch in range(1, epochs + 1):
-                model.train()
+                trained.train()
                 t0 = time.perf_counter()
                 loss_sum = torch.zeros((), device=dev)
                 seen = 0
-                for step, batch in enumerate(src(shuffle=True, generator=gen, drop_last=True)):
+                for step, batch in enumerate(src(shuffle=True, generator=gen, drop_last=True, rank=dist.rank,
+                                                 world=dist.world_size)):
                     if augment is not None:
                         out = augment(batch)
                         batch = out if isinstance(out, dict) else {**batch, "image": out}
@@ -262,10 +289,12 @@ def fit(model: torch.nn.Module, train: Any, val: Any = None, *, epochs: int = 10
                     loss_sum += loss.detach() * len(batch["label"])
                     seen += len(batch["label"])
                 train_s = time.perf_counter() - t0
-                row = {"epoch": epoch, "loss": float(loss_sum) / max(1, seen), "val_auc": float("nan"),
+                loss_total, seen_total = all_reduce_sum([float(loss_sum), seen]) if dist.distributed else \
+                    (float(loss_sum), seen)
+                row = {"epoch": epoch, "loss": loss_total / max(1, seen_total), "val_auc": float("nan"),
                        "val_acc": float("nan"), "lr": sched.get_last_lr()[0]}
                 if val_src is not None:
-                    probs, labels = _predict_source(model, val_src, task, use_amp)
+                    probs, labels = _predict_source(model, val_src, task, use_amp, dist)
                     row["val_auc"] = auc_score(probs, labels, task)
                     row["val_acc"] = accuracy_score(probs, labels, task)
                     if not math.isnan(row["val_auc"]) and row["val_auc"] > best_auc:
@@ -275,7 +304,7 @@ def fit(model: torch.nn.Module, train: Any, val: Any = None, *, epochs: int = 10
                     else:
                         bad_epochs += 1
                 row["seconds"] = time.perf_counter() - t0
-                row["images_per_s"] = seen / train_s if train_s > 0 else float("nan")
+                row["images_per_s"] = seen_total / train_s if train_s > 0 else float("nan")
                 rows.append(row)
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", val_auc=f"{row['val_auc']:.3f}")
@@ -283,7 +312,7 @@ def fit(model: torch.nn.Module, train: Any, val: Any = None, *, epochs: int = 10
                     stopped = epoch < epochs
                     break
                 if max_seconds is not None:
-                    spent = time.perf_counter() - t_start
+                    spent = broadcast(time.perf_counter() - t_start)  # the same decision on every rank
                     fits = epoch + int((max_seconds - spent) // max(spent / epoch, 1e-9))
                     if fits < plan["epochs"]:  # shorten the cosine so it ends within the budget
                         plan["epochs"] = max(epoch, fits)
@@ -302,13 +331,16 @@ def fit(model: torch.nn.Module, train: Any, val: Any = None, *, epochs: int = 10
 
 
 @torch.no_grad()
-def _predict_source(model: torch.nn.Module, src: BatchSource, task: str,
-                    use_amp: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _predict_source(model: torch.nn.Module, src: BatchSource, task: str, use_amp: bool = False,
+                    dist: Dist | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and labels over ``src``; with a distributed ``dist`` each rank predicts its
+    share and every rank gets all of them back in dataset order."""
     was = model.training
     model.eval()
-    probs, labels = [], []
+    probs, labels, indices = [], [], []
+    rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
     try:
-        for batch in src(shuffle=False):
+        for batch in src(shuffle=False, rank=rank, world=world):
             x, y = batch["image"], batch["label"]
             if not torch.isfinite(x).all():
                 raise ValueError(f"cannot predict: {describe_nan(x, batch['index'])}; clean or drop those samples.")
@@ -317,9 +349,30 @@ def _predict_source(model: torch.nn.Module, src: BatchSource, task: str,
             logits = logits.float()
             probs.append((torch.sigmoid(logits) if task == "multilabel" else logits.softmax(-1)).cpu())
             labels.append(y.cpu())
+            indices.append(torch.as_tensor(batch["index"]).cpu())
     finally:
         model.train(was)
-    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+    p, y = torch.cat(probs).numpy(), torch.cat(labels).numpy()
+    if world > 1:
+        idx = torch.cat(indices)
+        p, y = gather_by_index(idx, p, len(src)), gather_by_index(idx, y, len(src))
+    return p, y
+
+
+def _classes(data: Any) -> tuple[str, ...]:
+    from workbench.data._info import dataset_info
+    return tuple(data.classes) if isinstance(data, TensorSource) else dataset_info(data).classes
+
+
+def _dist_for(distributed_arg: bool | None) -> Dist | None:
+    """The process group to share inference over: under torchrun unless ``distributed=False``."""
+    if distributed_arg is False:
+        return None
+    d = distributed()
+    if distributed_arg and not d.distributed:
+        raise ValueError("distributed=True needs a torchrun launch with more than one process (WORLD_SIZE > 1); "
+                         "leave it None to run in this process.")
+    return d if d.distributed else None
 
 
 class _OnDevice:
@@ -327,7 +380,7 @@ class _OnDevice:
 
     def __init__(self, model: torch.nn.Module, device: str | torch.device | None) -> None:
         self.model, self.orig = model, model_device(model)
-        self.dev = self.orig if device is None else resolve_device(device)
+        self.dev = self.orig if device is None else rank_device(device)
 
     def __enter__(self) -> torch.device:
         if self.dev != self.orig:
@@ -341,7 +394,8 @@ class _OnDevice:
 
 
 def predict(model: torch.nn.Module, data_or_images: Any, *, batch_size: int = 256,
-            device: str | torch.device | None = None, task: str | None = None) -> torch.Tensor:
+            device: str | torch.device | None = None, task: str | None = None, num_workers: int | str = "auto",
+            distributed: bool | None = None) -> torch.Tensor:
     """Class probabilities for a dataset or an image tensor.
 
     Args:
@@ -350,6 +404,9 @@ def predict(model: torch.nn.Module, data_or_images: Any, *, batch_size: int = 25
         batch_size: images per forward pass.
         device: where to run (None: the model's device; "auto": CUDA/MPS/CPU).
         task: for raw tensors, "multilabel" gives sigmoids; otherwise softmax (datasets know their task).
+        num_workers: DataLoader workers for datasets read from disk ("auto": half the cores, at most 4).
+        distributed: under torchrun (None or True) every rank must call it: each predicts its share
+            and all get every probability back; False runs on this rank alone.
 
     Returns:
         (N, C) float probabilities on the CPU (softmax over classes, or per-label sigmoid).
@@ -357,12 +414,14 @@ def predict(model: torch.nn.Module, data_or_images: Any, *, batch_size: int = 25
     src_data = as_source(data_or_images, task)
     t = task or task_of(src_data)
     with _OnDevice(model, device) as dev:
-        probs, _ = _predict_source(model, BatchSource(src_data, batch_size, dev, 0, keep_on_device=False), t)
+        src = BatchSource(src_data, batch_size, dev, resolve_workers(num_workers), keep_on_device=False)
+        probs, _ = _predict_source(model, src, t, dist=_dist_for(distributed))
     return torch.from_numpy(probs)
 
 
 def evaluate(model: torch.nn.Module, data: Any, *, batch_size: int = 256, device: str | torch.device | None = "auto",
-             bootstrap: int = 0, ci: float = 0.95, seed: int = 0) -> Evaluation:
+             bootstrap: int = 0, ci: float = 0.95, seed: int = 0, num_workers: int | str = "auto",
+             distributed: bool | None = None) -> Evaluation:
     """AUC and accuracy of ``model`` on ``data``, with percentile bootstrap CIs on request.
 
     Binary: AUC of class 1; multiclass: macro one-vs-rest AUC; multilabel: macro AUC over labels
@@ -376,6 +435,10 @@ def evaluate(model: torch.nn.Module, data: Any, *, batch_size: int = 256, device
         bootstrap: number of bootstrap resamples over samples (0: no CIs; 1000 is typical).
         ci: interval coverage.
         seed: bootstrap seed.
+        num_workers: DataLoader workers for datasets read from disk ("auto": half the cores, at most 4).
+        distributed: under torchrun (None or True) every rank must call it: each predicts its share,
+            the predictions of all ranks are gathered and every rank returns the same Evaluation;
+            False evaluates on this rank alone.
 
     Returns:
         Evaluation (``.to_dict()`` for JSON).
@@ -383,8 +446,9 @@ def evaluate(model: torch.nn.Module, data: Any, *, batch_size: int = 256, device
     src_data = as_source(data)
     task = task_of(src_data)
     with _OnDevice(model, device) as dev:
-        probs, labels = _predict_source(model, BatchSource(src_data, batch_size, dev, 0, keep_on_device=False), task)
-    expected = labels.shape[1] if task == "multilabel" else len(getattr(src_data, "classes", ()))
+        src = BatchSource(src_data, batch_size, dev, resolve_workers(num_workers), keep_on_device=False)
+        probs, labels = _predict_source(model, src, task, dist=_dist_for(distributed))
+    expected = labels.shape[1] if task == "multilabel" else len(_classes(src_data))
     if expected and probs.shape[1] != expected:
         raise ValueError(f"the model has {probs.shape[1]} outputs but the data has {expected} "
                          f"{'labels' if task == 'multilabel' else 'classes'}; evaluate a model trained "
@@ -394,5 +458,5 @@ def evaluate(model: torch.nn.Module, data: Any, *, batch_size: int = 256, device
         auc_ci, acc_ci = bootstrap_ci(probs, labels, task, n=int(bootstrap), ci=ci, seed=seed)
     return Evaluation(auc=auc_score(probs, labels, task), accuracy=accuracy_score(probs, labels, task),
                       per_class_auc=tuple(float(a) for a in per_class_auc(probs, labels, task)),
-                      n=int(len(labels)), task=task, classes=tuple(getattr(src_data, "classes", ())),
+                      n=int(len(labels)), task=task, classes=_classes(src_data),
                       auc_ci=auc_ci, accuracy_ci=acc_ci, ci=ci, bootstrap=int(bootstrap))

@@ -19,14 +19,16 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     train = load_split(args.data, "train", **kw)
     val = try_split(args.data, "val", **kw)
     test = try_split(args.data, "test", **kw)
-    size = tuple(int(s) for s in train.images.shape[-2:])
+    from workbench.data._info import dataset_info
+    shape = dataset_info(train).image_shape   # in memory or a lazy folder
+    size = tuple(int(s) for s in shape[-2:])
     mkw: dict[str, Any] = {}
     if args.patch_size:
         mkw["patch_size"] = args.patch_size
     if args.depth:
         mkw["depth"] = args.depth
     model = models.create(args.model, num_classes=train.num_classes, img_size=size,
-                          in_chans=int(train.images.shape[1]), **mkw)
+                          in_chans=int(shape[0]), **mkw)
     augment = None
     if args.augment:
         from workbench.data.transforms import RandomAffine

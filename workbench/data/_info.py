@@ -114,3 +114,17 @@ def check_task(info: DatasetInfo) -> str:
         raise ValueError(f"the dataset has task {info.task!r}; expected one of {TASKS} (set dataset.task, or use a "
                          "dataset from workbench.data.load).")
     return info.task
+
+
+class Positions(torch.utils.data.Dataset):
+    """Samples of ``data`` whose ``index`` is their position in ``data`` (not in a dataset under a
+    Subset or ConcatDataset), as batches report it."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**self.data[i], "index": int(i)}

@@ -1,7 +1,17 @@
 """Folder datasets: ``images/<id>.png|jpg|jpeg|tif|bmp|dcm``, ``masks/<structure>/<id>.png``, ``labels.csv``.
 
-Everything is read into memory (an ArrayDataset): fine for thousands of images at a few hundred
-pixels; resize at load time (``size=``) for larger collections.
+Two forms with the same samples, ``Sample`` dicts and ``.batch()``:
+
+* in memory (an ``ArrayDataset``): every image read at load time; fast batched indexing. Fine for
+  thousands of images at a few hundred pixels.
+* lazy (a ``FolderDataset``): only the file list, labels and metadata are read at load time; each
+  image (and its masks) is decoded and resized when a sample is accessed, in DataLoader workers
+  when ``fit``, ``evaluate``, ``predict`` or a dataset-wide job reads it. Memory stays flat
+  however many images the folder holds.
+
+``load(folder, lazy=None)`` picks lazy when the folder holds more than ``LAZY_IMAGES`` (10,000)
+images or the in-memory images would take more than ``LAZY_BYTES`` (1 GiB, estimated from the
+first image and ``size=``); ``lazy=True/False`` forces either.
 
 * ``labels.csv`` (optional) has an ``id`` column matching image file stems, the target in
   ``label_column`` (default "label"), an optional ``split`` column and any other columns, which
@@ -18,112 +28,30 @@ pixels; resize at load time (``size=``) for larger collections.
   warning when a split other than "train" is requested).
 * Masks: a file ``masks/<structure>/<id>.png`` (0 / 255; > 127 counts as inside) means the structure
   is annotated for that image; a missing file means not annotated (``mask_present`` False).
+* Images: 8-bit files stay uint8 in memory; 16-bit PNG/TIFF and DICOM are float32 at full depth
+  (``workbench.data._readers``: DICOM windows, MONOCHROME1, pixel spacing and view position in meta).
+  A lazy dataset without ``size=`` takes the first image's size and refuses an image of another
+  size when it meets one; its channels are the first image's unless ``channels=`` says otherwise.
 """
 from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from workbench.data._base import ArrayDataset
 from workbench._image import size_pair
+from workbench.data._base import ArrayDataset, BaseDataset, Sample, Transform
+from workbench.data._readers import IMAGE_EXTS, nearest, prepare, read_image, read_image_meta, read_mask
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
+__all__ = ["load_folder", "FolderDataset", "read_image", "IMAGE_EXTS", "LAZY_IMAGES", "LAZY_BYTES"]
 
-
-def read_image(path: Path) -> np.ndarray:
-    """Read an image file as (H, W) or (H, W, 3): uint8, or float32 in [0, 1] for 16-bit/DICOM."""
-    path = Path(path)
-    if path.suffix.lower() == ".dcm":
-        return _read_dicom(path)
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                a = np.asarray(im, dtype=np.float32)
-                top = 65535.0 if mode.startswith("I;16") or a.max() > 255 else 255.0
-                a = a / top if mode != "F" else a
-            elif mode in ("L", "1"):
-                a = np.asarray(im.convert("L"))
-            elif mode == "LA":
-                a = np.asarray(im.convert("L"))
-            else:
-                a = np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"could not read image {path} ({type(e).__name__}: {e}); the file is corrupt or not an "
-                         "image. Replace or remove it (and its labels.csv row).") from e
-    if a.ndim == 3 and (a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all():
-        a = a[..., 0]  # RGB-encoded greyscale (common for chest X-ray JPEGs)
-    if np.issubdtype(a.dtype, np.floating):
-        if np.isnan(a).any():
-            raise ValueError(f"image {path} contains NaN values; fix or remove it.")
-        a = np.clip(a, 0.0, 1.0).astype(np.float32)
-    return a
-
-
-def _read_dicom(path: Path) -> np.ndarray:
-    try:
-        import pydicom
-    except ImportError as e:
-        raise ImportError(f"{path} is a DICOM file; reading DICOM needs pydicom: `pip install pydicom` "
-                          "(or convert the images to PNG).") from e
-    try:
-        ds = pydicom.dcmread(path)
-        a = ds.pixel_array.astype(np.float32)
-    except Exception as e:
-        raise ValueError(f"could not read DICOM image {path} ({type(e).__name__}: {e}); the file is corrupt "
-                         "or its pixel data needs a decoder plugin (see pydicom's docs).") from e
-    if a.ndim != 2:
-        raise ValueError(f"DICOM {path} has pixel array shape {a.shape}; only single-frame 2D images are supported.")
-    if np.isnan(a).any():
-        raise ValueError(f"image {path} contains NaN values; fix or remove it.")
-    lo, hi = float(a.min()), float(a.max())
-    a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-        a = 1.0 - a
-    return a
-
-
-def _read_mask(path: Path) -> np.ndarray:
-    a = read_image(path)
-    if a.ndim == 3:
-        a = a.max(-1)
-    return a > (127 if a.dtype == np.uint8 else 0.5)
-
-
-def _nearest(m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize at pixel centres (same indices as ``resize_masks``)."""
-    if m.shape == hw:
-        return m
-    r = np.minimum(((np.arange(hw[0], dtype=np.float32) + 0.5) * np.float32(m.shape[0] / hw[0])).astype(int), m.shape[0] - 1)
-    c = np.minimum(((np.arange(hw[1], dtype=np.float32) + 0.5) * np.float32(m.shape[1] / hw[1])).astype(int), m.shape[1] - 1)
-    return m[np.ix_(r, c)]
-
-
-def _prepare(a: np.ndarray, hw: tuple[int, int], channels: int, as_float: bool) -> np.ndarray:
-    """(H, W[, 3]) -> (C, h, w): antialiased bilinear resize (PIL), channel conversion, dtype."""
-    from PIL import Image
-    if a.shape[:2] != hw:
-        if a.dtype == np.uint8:
-            a = np.asarray(Image.fromarray(a).resize(hw[::-1], Image.BILINEAR))
-        else:
-            a = np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize(hw[::-1], Image.BILINEAR))
-            a = np.clip(a, 0.0, 1.0)
-    x = a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0)
-    if as_float and x.dtype == np.uint8:
-        x = x.astype(np.float32) / 255.0
-    if x.shape[0] == 1 and channels == 3:
-        x = np.repeat(x, 3, 0)
-    elif x.shape[0] == 3 and channels == 1:
-        y = np.tensordot(np.array((0.299, 0.587, 0.114), np.float32), x.astype(np.float32), 1)[None]
-        x = np.clip(np.round(y), 0, 255).astype(np.uint8) if x.dtype == np.uint8 else y
-    return x
+LAZY_IMAGES = 10_000
+LAZY_BYTES = 1 << 30
 
 
 def _as_py(v: Any) -> Any:
@@ -156,27 +84,39 @@ def _labels(df: Any, column: str, csv: Path) -> tuple[torch.Tensor, tuple[str, .
     return torch.tensor([index[v] for v in col.astype(str)]), tuple(names)
 
 
-def load_folder(root: str | Path, split: str | None = "train", size: Any = None, *,
-                label_column: str | Sequence[str] | None = "label", n: int | None = None,
-                channels: int | None = None, name: str | None = None) -> ArrayDataset:
-    """Load a folder dataset into memory (see the module docstring for the layout and rules).
+@dataclass
+class _Index:
+    """What a folder holds, read without decoding any image."""
 
-    Args:
-        root: folder with ``images/`` and optionally ``masks/`` and ``labels.csv``.
-        split: rows of that ``split`` value; None or "all" for every row.
-        size: resize images (antialiased bilinear) and masks (nearest) to int or (H, W) at load time;
-            required when the images differ in size.
-        label_column: the target column; a list of 0/1 columns for multilabel; None for no labels.
-        n: keep only the first n samples.
-        channels: 1 or 3 to force; default 1 if every image is greyscale, else 3.
-        name: dataset name (default the folder name).
+    root: Path
+    ids: list[str]
+    files: list[Path]
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+    task: str
+    meta: list[dict[str, Any]]
+    structures: list[str]
+    mask_files: dict[str, dict[str, Path]]
+    name: str
 
-    Returns:
-        ArrayDataset: uint8 images (N, C, H, W) (float for 16-bit/DICOM sources), masks per
-        structure with ``mask_present``, meta from the other labels.csv columns.
-    """
+    def masks(self, k: int, image_hw: tuple[int, int], out_hw: tuple[int, int]) -> dict[str, np.ndarray]:
+        """Sample k's annotated masks, checked against its image's geometry and resized to ``out_hw``."""
+        out = {}
+        for s in self.structures:
+            f = self.mask_files[s].get(self.ids[k])
+            if f is None:
+                continue
+            m = read_mask(f)
+            if m.shape != tuple(image_hw):
+                raise ValueError(f"mask {f} is {m.shape[1]}x{m.shape[0]} (WxH) but its image {self.files[k].name} "
+                                 f"is {image_hw[1]}x{image_hw[0]}; masks must have the image's geometry. Resize or "
+                                 "re-export the mask.")
+            out[s] = nearest(m, out_hw)
+        return out
+
+
+def _index(root: Path, split: str | None, label_column: Any, n: int | None, name: str | None) -> _Index:
     import pandas as pd
-    root = Path(root)
     img_dir = root / "images"
     if not img_dir.is_dir():
         npz = sorted(p.name for p in root.glob("*.npz"))
@@ -185,7 +125,7 @@ def load_folder(root: str | Path, split: str | None = "train", size: Any = None,
                          f"optional masks/<structure>/<id>.png and labels.csv.{hint}")
     files: dict[str, Path] = {}
     for f in sorted(img_dir.iterdir()):
-        if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
+        if f.suffix.lower() in IMAGE_EXTS and f.is_file():
             if f.stem in files:
                 raise ValueError(f"two images share the id {f.stem!r}: {files[f.stem].name} and {f.name}; keep one.")
             files[f.stem] = f
@@ -217,7 +157,7 @@ def load_folder(root: str | Path, split: str | None = "train", size: Any = None,
         extra = len(files) - len(df)
         if extra > 0:
             warnings.warn(f"{extra} image(s) in {img_dir} have no row in {csv} and are ignored.", UserWarning,
-                          stacklevel=3)
+                          stacklevel=4)
         if "split" in df.columns:
             if split not in (None, "all"):
                 avail = sorted(df["split"].dropna().astype(str).unique())
@@ -227,7 +167,7 @@ def load_folder(root: str | Path, split: str | None = "train", size: Any = None,
                                      "(split=None loads all rows).")
         elif split not in (None, "all", "train"):
             warnings.warn(f"{csv} has no 'split' column, so split={split!r} returns all {len(df)} samples; add a "
-                          "'split' column to separate train/val/test.", UserWarning, stacklevel=3)
+                          "'split' column to separate train/val/test.", UserWarning, stacklevel=4)
     else:
         if label_cols and label_column != "label":
             raise ValueError(f"{root} has no labels.csv, so label_column={label_column!r} cannot be used; add "
@@ -236,11 +176,10 @@ def load_folder(root: str | Path, split: str | None = "train", size: Any = None,
         df = pd.DataFrame({"id": list(files)})
         if split not in (None, "all", "train"):
             warnings.warn(f"{root} has no labels.csv with a 'split' column, so split={split!r} returns all "
-                          f"{len(df)} samples.", UserWarning, stacklevel=3)
+                          f"{len(df)} samples.", UserWarning, stacklevel=4)
     df = df.reset_index(drop=True)
     if n is not None:
         df = df.iloc[:n].reset_index(drop=True)
-    # --- labels
     if not label_cols:
         labels, classes, task = torch.zeros(len(df), dtype=torch.long), ("unlabelled",), "multiclass"
     elif isinstance(label_column, str):
@@ -256,31 +195,59 @@ def load_folder(root: str | Path, split: str | None = "train", size: Any = None,
     columns = [df[c].tolist() for c in meta_cols]
     meta = [{c: _as_py(col[r]) for c, col in zip(meta_cols, columns)} for r in range(len(df))]
     ids = df["id"].tolist()
-    # --- masks
     mask_root = root / "masks"
     structures = sorted(d.name for d in mask_root.iterdir() if d.is_dir()) if mask_root.is_dir() else []
     mask_files = {s: {f.stem: f for f in (mask_root / s).iterdir()
-                      if f.is_file() and f.suffix.lower() in IMAGE_EXTS} for s in structures}
-    # --- read (numpy per image: small torch ops per image are slow on a busy CPU)
-    arrays, mask_arrays = [], {s: {} for s in structures}
-    for k, i in enumerate(ids):
-        a = read_image(files[i])
-        h, w = a.shape[:2]
-        for s in structures:
-            f = mask_files[s].get(i)
-            if f is not None:
-                m = _read_mask(f)
-                if m.shape != (h, w):
-                    raise ValueError(f"mask {f} is {m.shape[1]}x{m.shape[0]} (WxH) but its image {files[i].name} "
-                                     f"is {w}x{h}; masks must have the image's geometry. Resize or re-export the mask.")
-                mask_arrays[s][k] = m
+                      if f.suffix.lower() in IMAGE_EXTS and f.is_file()} for s in structures}
+    return _Index(root=root, ids=ids, files=[files[i] for i in ids], labels=labels, classes=classes, task=task,
+                  meta=meta, structures=structures, mask_files=mask_files, name=name or root.name)
+
+
+def load_folder(root: str | Path, split: str | None = "train", size: Any = None, *,
+                label_column: str | Sequence[str] | None = "label", n: int | None = None,
+                channels: int | None = None, name: str | None = None,
+                lazy: bool | None = None) -> ArrayDataset | "FolderDataset":
+    """Load a folder dataset, in memory or lazily (see the module docstring for the layout and rules).
+
+    Args:
+        root: folder with ``images/`` and optionally ``masks/`` and ``labels.csv``.
+        split: rows of that ``split`` value; None or "all" for every row.
+        size: resize images (antialiased bilinear) and masks (nearest) to int or (H, W);
+            required in memory when the images differ in size.
+        label_column: the target column; a list of 0/1 columns for multilabel; None for no labels.
+        n: keep only the first n samples.
+        channels: 1 or 3 to convert; None: 3 if any image (lazy: the first image) is colour, else 1.
+        name: dataset name (default the folder name).
+        lazy: True for a ``FolderDataset`` read on access, False to read everything now, None to
+            decide by size (``LAZY_IMAGES``, ``LAZY_BYTES``).
+
+    Returns:
+        ArrayDataset (uint8 images (N, C, H, W), float for 16-bit/DICOM sources) or FolderDataset,
+        with masks per structure and ``mask_present``, meta from the other labels.csv columns.
+    """
+    root = Path(root)
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be 1, 3 or None (keep); got {channels!r}.")
+    if lazy not in (None, True, False):
+        raise ValueError(f"lazy must be True, False or None (decide by size); got {lazy!r}.")
+    index = _index(root, split, label_column, n, name)
+    if lazy is None:
+        lazy = _too_big(index, size, channels)
+    if lazy:
+        return FolderDataset(index, size=size, channels=channels)
+    # --- read everything (numpy per image: small torch ops per image are slow on a busy CPU)
+    arrays, metas, mask_arrays = [], [], []
+    for k, f in enumerate(index.files):
+        a, m = read_image_meta(f)
         arrays.append(a)
+        metas.append({**index.meta[k], **m})
+        mask_arrays.append(index.masks(k, a.shape[:2], a.shape[:2]))
     if size is None:
         shapes: dict[tuple, str] = {}
-        for i, a in zip(ids, arrays):
+        for i, a in zip(index.ids, arrays):
             shapes.setdefault(a.shape[:2], i)
         if len(shapes) > 1:
-            raise ValueError(f"images in {img_dir} differ in size (e.g. " + ", ".join(
+            raise ValueError(f"images in {root / 'images'} differ in size (e.g. " + ", ".join(
                 f"{v}: {k[1]}x{k[0]}" for k, v in list(shapes.items())[:3]) + "); pass size= to resize them at load time.")
         hw = arrays[0].shape[:2] if arrays else (1, 1)
     else:
@@ -289,14 +256,85 @@ def load_folder(root: str | Path, split: str | None = "train", size: Any = None,
     is_float = any(a.dtype != np.uint8 for a in arrays)
     out = np.zeros((len(arrays), n_ch, *hw), np.float32 if is_float else np.uint8)
     for k, a in enumerate(arrays):
-        out[k] = _prepare(a, hw, n_ch, is_float)
+        out[k] = prepare(a, hw, n_ch, is_float)
     full, pres = {}, {}
-    for s in structures:
+    for s in index.structures:
         stack = np.zeros((len(arrays), *hw), bool)
-        for k, m in mask_arrays[s].items():
-            stack[k] = _nearest(m, hw)
+        for k, ms in enumerate(mask_arrays):
+            if s in ms:
+                stack[k] = nearest(ms[s], hw)
         full[s] = torch.from_numpy(stack)
-        pres[s] = torch.tensor([k in mask_arrays[s] for k in range(len(arrays))], dtype=torch.bool)
-    stacked = torch.from_numpy(out)
-    return ArrayDataset(stacked, labels, classes=classes, task=task, masks=full, mask_present=pres,
-                        meta=meta, ids=ids, name=name or root.name)
+        pres[s] = torch.tensor([s in ms for ms in mask_arrays], dtype=torch.bool)
+    return ArrayDataset(torch.from_numpy(out), index.labels, classes=index.classes, task=index.task, masks=full,
+                        mask_present=pres, meta=metas, ids=index.ids, name=index.name)
+
+
+def _first_image(index: _Index) -> np.ndarray:
+    if not index.files:
+        raise ValueError(f"no samples selected in {index.root} (check split= and n=).")
+    return read_image(index.files[0])
+
+
+def _too_big(index: _Index, size: Any, channels: int | None) -> bool:
+    """Whether holding the folder in memory would pass ``LAZY_IMAGES`` or ``LAZY_BYTES``."""
+    if len(index.files) > LAZY_IMAGES:
+        return True
+    first = _first_image(index)
+    hw = size_pair(size, "size") if size is not None else first.shape[:2]
+    c = channels or (3 if first.ndim == 3 else 1)
+    return len(index.files) * c * hw[0] * hw[1] * first.dtype.itemsize > LAZY_BYTES
+
+
+class FolderDataset(BaseDataset):
+    """A folder dataset read on access (``load(folder, lazy=True)``).
+
+    Holds the file list, labels, metadata and which masks exist; ``dataset[i]`` decodes image i
+    and its masks, resizes them (antialiased bilinear / nearest) and converts channels. Samples
+    and ``.batch()`` are those of the in-memory form (images float in [0, 1]); DICOM fields join
+    a sample's ``meta`` when it is read. Give it to ``fit``/``evaluate``/``predict``/jobs, which
+    read it with DataLoader workers; ``torch.utils.data.Subset`` and ``ConcatDataset`` work too.
+
+    Attributes:
+        labels: (N,) or (N, L) labels, known without reading images.
+        ids, meta, classes, task, structures: as ``ArrayDataset``.
+        mask_present: {structure: (N,) bool}: which samples have a mask file.
+        image_shape: (C, H, W) of every sample.
+        files: the image paths.
+    """
+
+    lazy = True
+
+    def __init__(self, index: _Index, *, size: Any = None, channels: int | None = None,
+                 transform: Transform | None = None) -> None:
+        first = _first_image(index)
+        self.hw = size_pair(size, "size") if size is not None else tuple(int(s) for s in first.shape[:2])
+        self.fixed_size = size is not None
+        self.channels = channels or (3 if first.ndim == 3 else 1)
+        self.image_shape = (self.channels, *self.hw)
+        self._index = index
+        self.files, self.ids, self.meta = index.files, index.ids, index.meta
+        self.labels, self.classes, self.task = index.labels, index.classes, index.task
+        self.structures = tuple(index.structures)
+        self.mask_present = {s: torch.tensor([i in index.mask_files[s] for i in index.ids], dtype=torch.bool)
+                             for s in index.structures}
+        self.concept_names: tuple[str, ...] = ()
+        self.transform, self.name = transform, index.name
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _get(self, i: int) -> Sample:
+        a, file_meta = read_image_meta(self.files[i])
+        if not self.fixed_size and a.shape[:2] != self.hw:
+            raise ValueError(f"image {self.files[i]} is {a.shape[1]}x{a.shape[0]} but this lazy dataset's images are "
+                             f"{self.hw[1]}x{self.hw[0]} (the first image's size); load it with size= to resize all.")
+        x = torch.from_numpy(np.ascontiguousarray(prepare(a, self.hw, self.channels, True)))
+        masks = {s: torch.from_numpy(np.ascontiguousarray(m))
+                 for s, m in self._index.masks(i, a.shape[:2], self.hw).items()}
+        return {"image": x, "label": self.labels[i], "masks": masks, "concepts": None,
+                "meta": {**self.meta[i], **file_meta} if file_meta else self.meta[i], "id": self.ids[i], "index": i}
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", lazy, image_shape={self.image_shape})"
+
+

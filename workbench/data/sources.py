@@ -34,8 +34,8 @@ def _finish(ds: ArrayDataset, size: Any, channels: int | None, transform: Callab
 def load(source: str | os.PathLike, split: str | None = "train", size: int | Sequence[int] | None = None, *,
          n: int | None = None, seed: int = 0, channels: int | None = None, transform: Callable | None = None,
          label_column: str | Sequence[str] | None = "label", data_dir: str | os.PathLike | None = None,
-         download: bool = True, **options: Any) -> ArrayDataset:
-    """Load a dataset into memory from a source string or path.
+         download: bool = True, lazy: bool | None = None, **options: Any) -> Any:
+    """Load a dataset from a source string or path (in memory, or lazily for large folders).
 
     Args:
         source: one of
@@ -58,18 +58,26 @@ def load(source: str | os.PathLike, split: str | None = "train", size: int | Seq
             None for no labels).
         data_dir: MedMNIST: folder holding / receiving the .npz; phantom: cache folder.
         download: MedMNIST: allow downloading a missing file.
+        lazy: folder datasets: True reads images on access (a ``FolderDataset``), False reads them
+            all now (an ``ArrayDataset``), None (default) goes lazy above 10,000 images or 1 GiB
+            (``workbench.data.folder``). Other sources are always in memory.
         **options: source-specific options (phantom: task, sites, shortcut, cache, progress...;
             .npz/MedMNIST: task, classes).
 
     Returns:
-        An in-memory ArrayDataset (images uint8 or float (N, C, H, W), labels, masks, meta).
+        An in-memory ArrayDataset (images uint8 or float (N, C, H, W), labels, masks, meta), or
+        for a large or ``lazy=True`` folder a FolderDataset with the same samples read on access.
 
     Examples:
         >>> ds = load("phantom", n=8, size=64)                              # doctest: +SKIP
         >>> ds = load("medmnist:breastmnist", split="test")                 # doctest: +SKIP
         >>> ds = load("../shared/data/cxr_anatomy", label_column="finding", size=128)  # doctest: +SKIP
+        >>> ds = load("/data/nih_cxr14", lazy=True, size=224)      # 112k images, read in workers  # doctest: +SKIP
     """
     is_folder_or_npz = not (isinstance(source, str) and (source == "phantom" or source.startswith("medmnist:")))
+    if lazy and not (is_folder_or_npz and Path(str(source)).expanduser().is_dir()):
+        raise ValueError(f"lazy=True applies to folder datasets only; {str(source)!r} is loaded into memory "
+                         "(leave lazy unset).")
     if label_column != "label" and not is_folder_or_npz:
         raise ValueError(f"label_column applies to folder datasets only; got label_column={label_column!r} "
                          f"for source {source!r}.")
@@ -99,8 +107,9 @@ def load(source: str | os.PathLike, split: str | None = "train", size: int | Seq
         _check_options(options, ("name",), source)
         from workbench.data.folder import load_folder
         ds = load_folder(path, split, size, label_column=label_column, n=n, channels=channels,
-                         name=options.get("name"))
-        return _finish(ds, None, None, transform)
+                         name=options.get("name"), lazy=lazy)
+        ds.transform = transform
+        return ds
     if path.suffix.lower() == ".npz":
         if not path.is_file():
             raise FileNotFoundError(f"no such .npz file: {path}.")

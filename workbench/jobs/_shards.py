@@ -218,7 +218,7 @@ class Job:
     def _loader(self, data: Any, batch_size: int, num_workers: int, device: Any,
                 collate_fn: Any) -> Iterator[Any]:
         from workbench.data._base import collate
-        from workbench.data._info import dataset_info
+        from workbench.data._info import Positions, dataset_info
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
         if len(data) != self.n:
@@ -230,7 +230,7 @@ class Job:
             import functools
             collate_fn = functools.partial(collate, structures=dataset_info(data).structures)
         pin = device is not None and torch.device(device).type == "cuda"
-        loader = torch.utils.data.DataLoader(data, batch_sampler=plan, num_workers=num_workers,
+        loader = torch.utils.data.DataLoader(Positions(data), batch_sampler=plan, num_workers=num_workers,
                                              pin_memory=pin, collate_fn=collate_fn)
         return iter(loader)
 
