@@ -23,6 +23,8 @@ FAST = {  # small settings so every method runs in well under a second here
     "shap_partition": {"max_evals": 40},
     "feature_ablation": {"n_segments": 16},
     "occlusion": {"window": 8, "stride": 8},
+    "rise": {"n_masks": 40},
+    "xrai": {"base_kw": {"n_steps": 4}, "scales": (100, 500)},
 }
 
 

@@ -16,6 +16,11 @@ feature_ablation       SLIC superpixels, ~8x8 px                   channel mean
 shap_partition         shap Partition, blur masker, 500 evals      sum over channels
 shap_gradient          shap GradientExplainer                      sum over channels
 gradcam                Grad-CAM, size-adaptive layer; ViT tokens   >= 0, upsampled
+hirescam               HiResCAM (per-position gradient x act.)     >= 0, upsampled
+layercam               LayerCAM (positive gradients per position)  >= 0, upsampled
+cam_fusion             LayerCAM of 3 stages fused (max / mean)     [0, 1]
+rise                   RISE, 1000 random 8x8 masks, blur fill      >= 0 (probability)
+xrai                   XRAI-style ranking of Felzenszwalb regions  region density
 attention_rollout      rollout of CLS attention (ViT)              >= 0, upsampled
 chefer                 Chefer et al. 2021 relevance (ViT)          >= 0, upsampled
 lrp                    LRP via zennit (ResNets, VGG-style CNNs)    sum over channels
@@ -33,7 +38,7 @@ Examples:
 """
 from __future__ import annotations
 
-from . import methods_attention, methods_cam, methods_captum, methods_lrp, methods_shap  # noqa: F401  (register)
+from . import methods_attention, methods_cam, methods_captum, methods_lrp, methods_region, methods_shap  # noqa: F401
 from ._core import METHODS, Attribution, MethodOutput, attribute, normalise, register_method, select_target
 from .methods_cam import default_cam_layer
 from .methods_captum import baseline_like, default_window, slic_segments
