@@ -256,3 +256,67 @@ def capture_attention(model: nn.Module, layers: Sequence[str] | None = None, *, 
             available[n].fused_attn = flag
         for m, training in modes.items():
             m.training = training
+
+
+# ---------------------------------------------------------------------------------------------
+# Truncated forwards and splicing (sparse autoencoders)
+# ---------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def stop_after(model: nn.Module, module: str | nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the output of one submodule and stop the forward right after it.
+
+    Inside the block, a forward raises :class:`StopForward` once ``module`` has produced its output
+    (so the layers after it never run); catch it around the call. The output is stored detached
+    under ``"output"``. The hook is removed on exit, also after an exception.
+
+    Examples:
+        >>> m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+        >>> with stop_after(m, "0") as rec:
+        ...     try:
+        ...         m(torch.zeros(2, 3))
+        ...     except StopForward:
+        ...         pass
+        >>> tuple(rec["output"].shape), hook_count(m)
+        ((2, 4), 0)
+    """
+    (name, mod), = resolve_modules(model, [module]).items()
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_mod, _inp, out):
+        t = out[0] if isinstance(out, (tuple, list)) else out
+        store["output"] = t.detach()
+        raise StopForward(name)
+
+    handle = mod.register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def replace_output(model: nn.Module, module: str | nn.Module, fn: Any) -> Iterator[None]:
+    """Replace the output of one submodule by ``fn(output)`` during forwards inside the block.
+
+    ``fn`` maps the module's output tensor to a tensor of the same shape (e.g. an SAE
+    reconstruction, zero- or mean-ablation). The hook is removed on exit, also after an exception.
+
+    Examples:
+        >>> m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU())
+        >>> with replace_output(m, "0", torch.zeros_like):
+        ...     y = m(torch.ones(2, 3))
+        >>> float(y.abs().sum()), hook_count(m)
+        (0.0, 0)
+    """
+    (_name, mod), = resolve_modules(model, [module]).items()
+
+    def hook(_mod, _inp, out):
+        if isinstance(out, (tuple, list)):
+            return type(out)([fn(out[0]), *out[1:]])
+        return fn(out)
+
+    handle = mod.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -1,0 +1,354 @@
+"""The latent atlas (latents against structure masks) and the confounder search.
+
+Heatmap of a latent on an image: its patch activations on the grid, upsampled to the image
+("nearest" repeats each patch over its pixels; "bilinear" interpolates). Per latent and structure:
+
+- **mass share**: the share of the latent's activation mass inside the structure's mask
+  (summed over images where the structure is annotated; pixels weighted as in nearest upsampling),
+  and the share outside every structure ("none");
+- **pixel AUROC / AP**: how well the heatmap's pixel values separate the structure's pixels from
+  the rest, pooled over images where the structure is annotated.
+
+AUROC and AP are computed from per-latent histograms (``bins`` levels between 0 and the latent's
+maximum, exact zeros in a bin of their own; tied values count half, as in the rank form), so
+every latent is scored in a streamed pass without holding the maps. All latents are screened
+with nearest upsampling (exact at the patch level); with ``upsample="bilinear"`` the best
+candidates per structure are then re-scored on bilinear pixel maps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ._apply import Bound, batches, bind, first_images, target_class
+from .analysis import _rank_auc, patch_fractions
+from .autoencoders import SAE
+from .latents import upsample
+
+
+def _structures(data: Any, structures: Sequence[str] | None) -> tuple[str, ...]:
+    names = tuple(getattr(data, "structures", ()) or ())
+    if structures is None:
+        if not names:
+            raise ValueError("the atlas needs structure masks; pass a dataset with masks (the phantom, or a folder "
+                             "dataset with masks/<structure>/<id>.png).")
+        return names
+    missing = [s for s in structures if s not in names]
+    if missing:
+        raise ValueError(f"structure(s) {missing} are not in the dataset; its structures are {list(names)}.")
+    if not structures:
+        raise ValueError("structures is empty; name at least one structure or pass None for all.")
+    return tuple(structures)
+
+
+def _bins(a: torch.Tensor, top: torch.Tensor, nb: int) -> torch.Tensor:
+    """Activations (..., L) -> bin index in [0, nb): 0 for exact zeros, else 1 + level of a / top."""
+    lvl = (a / top.clamp_min(1e-12) * (nb - 1)).ceil().clamp(1, nb - 1).long()
+    return torch.where(a > 0, lvl, torch.zeros_like(lvl))
+
+
+def _hist_add(hist: torch.Tensor, bins: torch.Tensor, weight: torch.Tensor) -> None:
+    """hist (L, nb) += per column l, the weights (N,) of rows falling in each bin of bins (N, L)."""
+    n_lat, nb = hist.shape
+    idx = bins + torch.arange(n_lat, device=bins.device) * nb
+    hist.view(-1).scatter_add_(0, idx.flatten(), weight[:, None].expand_as(bins).flatten().to(hist.dtype))
+
+
+def auc_ap_from_hist(pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., nb) histograms of positive and negative weights over ascending score bins ->
+    (AUROC, AP) over the leading axes; ties within a bin count half (AUROC) / as one threshold (AP).
+
+    Examples:
+        >>> pos = torch.tensor([[0., 0., 1.]]); neg = torch.tensor([[1., 0., 0.]])
+        >>> [float(v) for v in auc_ap_from_hist(pos, neg)]
+        [1.0, 1.0]
+    """
+    pos, neg = pos.double(), neg.double()
+    p, n = pos.sum(-1), neg.sum(-1)
+    above = pos.flip(-1).cumsum(-1).flip(-1) - pos  # positives in higher bins
+    auc = (neg * (above + 0.5 * pos)).sum(-1) / (p * n)
+    cp = pos.flip(-1).cumsum(-1)  # from the top bin down
+    cn = neg.flip(-1).cumsum(-1)
+    prec = cp / (cp + cn).clamp_min(1e-300)
+    ap = (pos.flip(-1) * prec).sum(-1) / p
+    bad = (p <= 0) | (n <= 0)
+    nan = torch.tensor(float("nan"), dtype=auc.dtype)
+    return torch.where(bad, nan, auc).float(), torch.where(p <= 0, nan, ap).float()
+
+
+@dataclass(frozen=True)
+class Atlas:
+    """Latents against structure masks.
+
+    Attributes:
+        structures: structure names (columns).
+        mass: (d_sae, S + 1) share of each latent's activation mass in each structure, then "none".
+        auroc, ap: (S, d_sae) pixel AUROC / AP of each latent's nearest-upsampled heatmap per structure.
+        best: pandas DataFrame, per structure its ``top`` latents: structure, rank, latent, auroc,
+            ap (on ``upsample`` heatmaps), mass, frequency.
+        frequency: (d_sae,) share of patches on which the latent fires.
+        upsample: the upsampling of ``best``'s scores.
+        n_images: images seen.
+    """
+
+    structures: tuple[str, ...]
+    mass: torch.Tensor
+    auroc: torch.Tensor
+    ap: torch.Tensor
+    best: Any
+    frequency: torch.Tensor
+    upsample: str
+    n_images: int
+
+    def table(self, min_frequency: float = 0.0) -> Any:
+        """DataFrame latent x (structure mass shares, "none", frequency), latents firing more
+        often than ``min_frequency`` only."""
+        import pandas as pd
+
+        cols = list(self.structures) + ["none"]
+        df = pd.DataFrame(self.mass.numpy(), columns=cols)
+        df["frequency"] = self.frequency.numpy()
+        df.index.name = "latent"
+        return df[df.frequency > min_frequency]
+
+    def best_per_structure(self) -> Any:
+        """The rank-1 row of ``best`` for every structure."""
+        return self.best[self.best["rank"] == 1].reset_index(drop=True)
+
+    def plot(self, ax: Any = None, **style: Any) -> Any:
+        """Best pixel AUROC per structure (``workbench.viz.atlas_bars``)."""
+        from workbench.viz.sae import atlas_bars
+
+        return atlas_bars(self, ax=ax, **style)
+
+
+def _masks_on(batch: dict[str, Any], structures: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, S, H, W) float masks and (B, S) presence of the structures in a batch."""
+    masks, present = batch["masks"], batch["mask_present"]
+    m = torch.stack([masks[s].float() for s in structures], 1)
+    p = torch.stack([present[s].float() for s in structures], 1)
+    return m, p
+
+
+def atlas(sae: SAE, model: nn.Module, data: Any, *, structures: Sequence[str] | None = None, top: int = 5,
+          upsample_mode: str = "bilinear", region: str | None = None, bins: int = 256,
+          layer: str | int | None = None, batch_size: int = 64, device: str | torch.device | None = None,
+          check_model: bool = True) -> Atlas:
+    """Map every latent onto the dataset's structure masks.
+
+    Args:
+        sae, model: the SAE and the model whose layer it reads.
+        data: a dataset with masks (``structures``, ``mask_present``).
+        structures: the structures to score (default: all of the dataset's).
+        top: latents reported per structure in ``best``.
+        upsample_mode: "bilinear" (re-score the best candidates on interpolated maps) or "nearest".
+        region: a structure (e.g. "body"): only pixels inside it are scored, so activations outside
+            the body are left out.
+        bins: histogram levels per latent for AUROC / AP.
+        layer, batch_size, device, check_model: as in :func:`workbench.sae.latents`.
+
+    Returns:
+        :class:`Atlas`.
+    """
+    import pandas as pd
+
+    if upsample_mode not in ("bilinear", "nearest"):
+        raise ValueError(f"upsample_mode must be 'bilinear' or 'nearest'; got {upsample_mode!r}.")
+    if torch.is_tensor(data) or isinstance(data, (tuple, list)):
+        raise ValueError("the atlas needs structure masks; pass a dataset with masks, not image tensors.")
+    names = _structures(data, structures)
+    if region is not None and region not in getattr(data, "structures", ()):
+        raise ValueError(f"region {region!r} is not a structure of the dataset; structures: {list(data.structures)}.")
+    need = tuple(dict.fromkeys(names + ((region,) if region else ())))
+    b = bind(sae, model, layer=layer, device=device, check_model=check_model, probe=first_images(data))
+    if not b.layout.has_grid:
+        raise ValueError("the atlas needs the patch grid, but the SAE reads prefix tokens only.")
+    grid, n_lat, n_s = b.layout.grid, sae.d_sae, len(names)
+    dev = b.device
+
+    def weights(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per patch: (B, P, S) shares of scored pixels inside each structure (0 where it is not
+        annotated) and outside it, (B, P) scored share, (B, P) scored share outside every structure."""
+        m, p = _masks_on(batch, need)
+        if region is not None:
+            reg = m[:, need.index(region)] > 0.5
+            inside = patch_fractions(reg, grid)
+        else:
+            reg = torch.ones_like(m[:, 0], dtype=torch.bool)
+            inside = torch.ones(m.shape[0], grid[0] * grid[1], device=m.device)
+        sel = [need.index(s) for s in names]
+        fr = torch.stack([patch_fractions((m[:, i] > 0.5) & reg, grid) for i in sel], -1)
+        pres = p[:, sel][:, None, :]
+        none = (inside - patch_fractions((m[:, sel].amax(1) > 0.5) & reg, grid)).clamp_min(0)
+        return fr * pres, (inside[..., None] - fr).clamp_min(0) * pres, inside, none
+
+    # pass 1: mass shares, maxima, firing frequency
+    mass = torch.zeros(n_lat, n_s + 1, dtype=torch.float64, device=dev)
+    total = torch.zeros(n_lat, n_s + 1, dtype=torch.float64, device=dev)
+    top_val = torch.zeros(n_lat, device=dev)
+    fired = torch.zeros(n_lat, dtype=torch.float64, device=dev)
+    n_patch, n_img = 0, 0
+    for batch in batches(b, data, batch_size=batch_size, masks=True):
+        a = b.layout.patch_tokens(batch["codes"]).double()  # (B, P, L)
+        pos, _, inside, none = weights(batch)
+        present = _masks_on(batch, names)[1].double()
+        present = torch.cat([present, torch.ones_like(present[:, :1])], 1)
+        mass += torch.einsum("bpl,bps->ls", a, torch.cat([pos, none[..., None]], -1).double())
+        total += torch.einsum("bpl,bs->ls", a * inside[..., None].double(), present)
+        top_val = torch.maximum(top_val, a.amax((0, 1)).float())
+        fired += (a > 0).double().sum((0, 1))
+        n_patch += a.shape[0] * a.shape[1]
+        n_img += a.shape[0]
+    shares = (mass / total.clamp_min(1e-30)).float().cpu()
+
+    # pass 2: nearest-upsampling histograms for every latent and structure
+    hp = torch.zeros(n_s, n_lat, bins, dtype=torch.float64, device=dev)
+    hn = torch.zeros_like(hp)
+    for batch in batches(b, data, batch_size=batch_size, masks=True):
+        a = b.layout.patch_tokens(batch["codes"]).reshape(-1, n_lat)
+        pos, neg, _, _ = weights(batch)
+        idx = _bins(a, top_val, bins)
+        for s in range(n_s):
+            _hist_add(hp[s], idx, pos[..., s].reshape(-1))
+            _hist_add(hn[s], idx, neg[..., s].reshape(-1))
+    auroc, ap = auc_ap_from_hist(hp, hn)
+    auroc, ap = auroc.cpu(), ap.cpu()
+
+    # candidates per structure; pass 3 re-scores them on bilinear pixel maps
+    k_cand = min(n_lat, 2 * top if upsample_mode == "bilinear" else top)
+    cand = {s: [int(j) for j in torch.nan_to_num(auroc[i], nan=-1.0).topk(k_cand).indices] for i, s in enumerate(names)}
+    fin_auc, fin_ap = {s: auroc[i, cand[s]] for i, s in enumerate(names)}, {s: ap[i, cand[s]] for i, s in enumerate(names)}
+    if upsample_mode == "bilinear":
+        fin_auc, fin_ap = _rescore(b, data, names, need, region, cand, top_val, bins, batch_size)
+    rows = []
+    for i, s in enumerate(names):
+        order = torch.argsort(torch.nan_to_num(fin_auc[s], nan=-1.0), descending=True)[:top]
+        for rank, j in enumerate(order.tolist(), start=1):
+            lat = cand[s][j]
+            rows.append({"structure": s, "rank": rank, "latent": lat, "auroc": float(fin_auc[s][j]),
+                         "ap": float(fin_ap[s][j]), "mass": float(shares[lat, i]),
+                         "frequency": float(fired[lat] / max(n_patch, 1))})
+    return Atlas(structures=names, mass=shares, auroc=auroc, ap=ap, best=pd.DataFrame(rows),
+                 frequency=(fired / max(n_patch, 1)).float().cpu(), upsample=upsample_mode, n_images=n_img)
+
+
+def _rescore(b: Bound, data: Any, names: tuple[str, ...], need: tuple[str, ...], region: str | None,
+             cand: dict[str, list[int]], top_val: torch.Tensor, bins: int, batch_size: int):
+    """Pixel-level AUROC / AP of each structure's candidate latents on bilinear heatmaps."""
+    dev = b.device
+    hp = {s: torch.zeros(len(c), bins, dtype=torch.float64, device=dev) for s, c in cand.items()}
+    hn = {s: torch.zeros_like(v) for s, v in hp.items()}
+    h, w = b.layout.grid
+    for batch in batches(b, data, batch_size=batch_size, masks=True):
+        codes = b.layout.patch_tokens(batch["codes"])
+        size = tuple(batch["image"].shape[-2:])
+        m, p = _masks_on(batch, need)
+        reg = m[:, need.index(region)] if region is not None else torch.ones_like(m[:, 0])
+        for s in names:
+            lat = cand[s]
+            maps = codes[..., lat].transpose(1, 2).reshape(codes.shape[0], len(lat), h, w)
+            up = upsample(maps, size, "bilinear").clamp_min(0)  # (B, K, H, W)
+            pres = p[:, need.index(s)] > 0
+            if not pres.any():
+                continue
+            mk = m[pres, need.index(s)] > 0.5
+            rg = reg[pres] > 0.5
+            vals = up[pres].permute(0, 2, 3, 1).reshape(-1, len(lat))
+            idx = _bins(vals, top_val[lat], bins)
+            _hist_add(hp[s], idx, (mk & rg).flatten().double())
+            _hist_add(hn[s], idx, (~mk & rg).flatten().double())
+    out_auc, out_ap = {}, {}
+    for s in names:
+        a, p_ = auc_ap_from_hist(hp[s], hn[s])
+        out_auc[s], out_ap[s] = a.cpu(), p_.cpu()
+    return out_auc, out_ap
+
+
+# -- confounder search ------------------------------------------------------------------------------
+def confounders(sae: SAE, model: nn.Module, data: Any, *, suspects: Sequence[str] = ("device", "marker"),
+                body: str | None = "body", target: int | None = None, top: int = 10, layer: str | int | None = None,
+                batch_size: int = 32, device: str | torch.device | None = None, check_model: bool = True) -> Any:
+    """Latents the model leans on for its prediction whose activation sits on devices, markers or
+    outside the body: candidate shortcuts.
+
+    Per latent: ``reliance``, its mean first-order contribution to the target's log-probability
+    (code x gradient summed over tokens, see :func:`workbench.sae.analysis.reliance`): how much the
+    model's output depends on it; ``label_auc``, the AUROC of its per-image mean activation for
+    the label; ``off_share``, the share of its activation mass on the suspect structures or
+    outside ``body``; per suspect, its own share. Ranked by ``score = |reliance| x off_share``: a
+    latent must be both used by the model and off the anatomy. Predicting the label alone is not
+    enough: on data where a device co-occurs with the label, every device latent predicts it,
+    whether the model uses it or not.
+
+    Args:
+        sae, model: the SAE and the model whose layer it reads.
+        data: a labelled dataset with masks of the suspects (and of ``body``, if given).
+        suspects: structures that should not carry evidence.
+        body: the structure outside of which activation is also suspect (None: ignore).
+        target: class whose evidence is attributed (default: class 1 of binary tasks, else 0).
+        top: rows returned.
+
+    Returns:
+        A pandas DataFrame sorted by ``score`` (latent, score, reliance, label_auc, off_share,
+        one ``share_<suspect>`` column per suspect, outside_body, frequency).
+    """
+    import pandas as pd
+
+    from workbench._train_data import as_source, task_of
+
+    if torch.is_tensor(data) or isinstance(data, (tuple, list)):
+        raise ValueError("the confounder search needs labels and structure masks; pass a dataset.")
+    avail = tuple(getattr(data, "structures", ()) or ())
+    wanted = tuple(suspects) + ((body,) if body else ())
+    missing = [s for s in wanted if s not in avail]
+    if missing or not suspects:
+        raise ValueError(f"the confounder search needs masks of {list(wanted)}; the dataset has {list(avail)} "
+                         f"(missing {missing}). Name suspects= and body= among its structures (body=None to skip).")
+    b = bind(sae, model, layer=layer, device=device, check_model=check_model, probe=first_images(data))
+    if not b.layout.has_grid:
+        raise ValueError("the confounder search needs the patch grid, but the SAE reads prefix tokens only.")
+    task = task_of(as_source(data))
+    t = "default" if target is None else target
+    grid, n_lat, dev = b.layout.grid, sae.d_sae, b.device
+    mass = torch.zeros(n_lat, len(suspects) + 2, dtype=torch.float64, device=dev)  # suspects, outside, off
+    total = torch.zeros(n_lat, dtype=torch.float64, device=dev)
+    fired = torch.zeros(n_lat, dtype=torch.float64, device=dev)
+    rel, pooled, labels, n_patch = [], [], [], 0
+    for batch in batches(b, data, batch_size=batch_size, masks=True, attribute=t):
+        rel.append(batch["reliance"].cpu())
+        a = b.layout.patch_tokens(batch["codes"]).double()
+        pooled.append(a.mean(1).cpu())
+        labels.append(batch["label"].cpu())
+        sus = torch.stack([batch["masks"][s] for s in suspects], 1).bool()
+        off = sus.any(1)
+        fr = [patch_fractions(sus[:, i], grid) for i in range(len(suspects))]
+        if body:
+            outside = ~batch["masks"][body].bool()
+            fr.append(patch_fractions(outside, grid))
+            off = off | outside
+        else:
+            fr.append(torch.zeros_like(fr[0]))
+        fr.append(patch_fractions(off, grid))
+        mass += torch.einsum("bpl,bps->ls", a, torch.stack(fr, -1).double())
+        total += a.sum((0, 1))
+        fired += (a > 0).double().sum((0, 1))
+        n_patch += a.shape[0] * a.shape[1]
+    shares = (mass / total.clamp_min(1e-30)[:, None]).float().cpu()
+    reliance_mean = torch.cat(rel).mean(0)
+    y = torch.cat(labels)
+    cls = target_class(task, 2 if task == "binary" else max(2, y.shape[-1] if y.ndim == 2 else int(y.max()) + 1), t)
+    pos = y[:, cls] > 0.5 if y.ndim == 2 else y == cls
+    label_auc = _rank_auc(torch.cat(pooled).float(), pos)
+    off_share = shares[:, -1]
+    score = reliance_mean.abs() * off_share
+    df = pd.DataFrame({"latent": range(n_lat), "score": score.numpy(), "reliance": reliance_mean.numpy(),
+                       "label_auc": label_auc.numpy(), "off_share": off_share.numpy()})
+    for i, s in enumerate(suspects):
+        df[f"share_{s}"] = shares[:, i].numpy()
+    if body:
+        df["outside_body"] = shares[:, len(suspects)].numpy()
+    df["frequency"] = (fired / max(n_patch, 1)).float().cpu().numpy()
+    return df[df.frequency > 0].sort_values("score", ascending=False).head(int(top)).reset_index(drop=True)
