@@ -23,6 +23,7 @@ _EXPORTS = {
     "evaluation": "workbench.evaluation",
     "viz": "workbench.viz",
     "jobs": "workbench.jobs",
+    "sae": "workbench.sae",
     "fit": "workbench.train:fit",
     "evaluate": "workbench.train:evaluate",
     "attention_maps": "workbench.attention:attention_maps",

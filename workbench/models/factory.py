@@ -4,7 +4,12 @@ otherwise, at any image size and channel count. The full configuration is stored
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
+import os
+import warnings
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -106,6 +111,72 @@ def _standardize_input(model: nn.Module, in_chans: int, mean_std: list[list[floa
                      "the input in; pass normalize=None.")
 
 
+def _weights_file(pretrained: Any) -> Path | None:
+    """The local weights file named by ``pretrained`` (a str or path), or None for True/False."""
+    if isinstance(pretrained, bool) or pretrained is None:
+        return None
+    if not isinstance(pretrained, (str, os.PathLike)):
+        return None
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained={str(pretrained)!r} is not a file; pass the path of a weights file "
+                                "(.safetensors, .pth, .bin), True for timm's hub weights, or False.")
+    return path
+
+
+def _timm_create(timm: Any, timm_name: str, size: tuple[int, int], create_kw: dict[str, Any]) -> tuple[nn.Module, bool]:
+    """``(model, whether it took img_size)``: CNNs take any input size and no img_size."""
+    try:
+        return timm.create_model(timm_name, img_size=size, **create_kw), True
+    except TypeError as e:
+        if "img_size" not in str(e):
+            raise
+        return timm.create_model(timm_name, **create_kw), False
+
+
+class _LoadReport(logging.Handler):
+    """Collects the missing / unexpected keys timm logs while loading pretrained weights."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.missing: list[str] = []
+        self.unexpected: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        for tag, target in (("Missing keys (", self.missing), ("Unexpected keys (", self.unexpected)):
+            if msg.startswith(tag):
+                target += [k.strip() for k in msg[len(tag):msg.index(")")].split(",") if k.strip()]
+
+
+@contextlib.contextmanager
+def _load_report():
+    log = logging.getLogger("timm.models._builder")
+    handler, level = _LoadReport(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+def _check_loaded(model: nn.Module, report: _LoadReport, path: Path, name: str) -> None:
+    """timm loads non-strictly when it drops a classifier of another size: refuse a file that left
+    other weights at their random initialisation; warn about file keys it did not use."""
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
+    classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    missing = [k for k in report.missing if not any(k.startswith(c + ".") for c in classifier)]
+    if missing:
+        raise ValueError(f"the weights in {path} do not cover {len(missing)} tensor(s) of {name!r} (e.g. "
+                         f"{missing[:4]}): the file is of another architecture or size. Pass the settings it was "
+                         "saved from (depth, embed_dim, patch_size...).")
+    if report.unexpected:
+        warnings.warn(f"{len(report.unexpected)} tensor(s) of {path} were not used by {name!r} (e.g. "
+                      f"{report.unexpected[:4]}).", stacklevel=3)
+
+
 def list_models() -> list[str]:
     """The short model names; any ``timm.list_models()`` name is accepted by ``create`` too.
 
@@ -138,7 +209,7 @@ def _resolve_name(name: str) -> str:
 
 
 def create(name: str, num_classes: int, img_size: int | Sequence[int] = 224, in_chans: int = 3, *,
-           pretrained: bool = False, attention: str = "standard", communities: int = 4,
+           pretrained: bool | str | os.PathLike = False, attention: str = "standard", communities: int = 4,
            dcmm: dict[str, Any] | None = None, drop_path_rate: float = 0.0,
            normalize: Any = "auto", **kw: Any) -> torch.nn.Module:
     """Create a classification model over timm.
@@ -154,7 +225,11 @@ def create(name: str, num_classes: int, img_size: int | Sequence[int] = 224, in_
         img_size: ``H`` or ``(H, W)``; for ViTs the patch grid is ``(H // p, W // p)`` (any grid,
             square or not). CNNs accept any size; it is stored in the config.
         in_chans: image channels (1 for grey radiographs).
-        pretrained: load timm's pretrained weights (needs them cached or the hub); off by default.
+        pretrained: False (random weights, the offline default), True (timm's pretrained weights:
+            cached or from the hub), or the path of a local weights file (``.safetensors``,
+            ``.pth``/``.bin``/``.pt``, ``.npz`` as timm reads them) of this architecture, e.g. a
+            foundation model's backbone: loaded through timm, which drops a classifier of another
+            size and adapts the input convolution to ``in_chans``.
         attention: "standard" or "dcmm" (ViTs only; the DCMM-Transformer attention bias of
             ``workbench.models.dcmm.enable_dcmm``).
         communities: number of DCMM communities K (used when ``attention="dcmm"``).
@@ -193,17 +268,27 @@ def create(name: str, num_classes: int, img_size: int | Sequence[int] = 224, in_
     is_vit = timm_name.startswith(("vit_", "deit", "eva", "beit"))
     if timm_name in ("vit_tiny_patch16_224", "vit_small_patch16_224") and "patch_size" not in kw:
         kw["patch_size"] = default_patch_size(size)
+    weights_file = _weights_file(pretrained)
+    if weights_file is not None:
+        overlay = dict(kw.pop("pretrained_cfg_overlay", None) or {})
+        kw["pretrained_cfg_overlay"] = {**overlay, "file": str(weights_file)}
+        pretrained = True
+    elif not isinstance(pretrained, bool):
+        raise TypeError(f"pretrained must be True, False or the path of a weights file; got {pretrained!r}.")
     create_kw = dict(num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **kw)
     if drop_path_rate:
         create_kw["drop_path_rate"] = drop_path_rate
     try:
-        model = timm.create_model(timm_name, img_size=size, **create_kw)
-        takes_size = True
-    except TypeError as e:
-        if "img_size" not in str(e):
+        with _load_report() as report:
+            model, takes_size = _timm_create(timm, timm_name, size, create_kw)
+    except RuntimeError as e:
+        if weights_file is None:
             raise
-        model = timm.create_model(timm_name, **create_kw)  # CNNs: any input size, no img_size
-        takes_size = False
+        raise ValueError(f"the weights in {weights_file} do not fit {name!r} ({timm_name}) with these settings "
+                         f"({str(e).splitlines()[0][:300]}); pass the architecture and settings (patch_size, depth, "
+                         "embed_dim...) the file was saved from.") from e
+    if weights_file is not None:
+        _check_loaded(model, report, weights_file, name)
     if hasattr(model, "patch_embed") and takes_size:
         grid = tuple(model.patch_embed.grid_size)
         p = model.patch_embed.patch_size
@@ -223,11 +308,12 @@ def create(name: str, num_classes: int, img_size: int | Sequence[int] = 224, in_
         model = enable_dcmm(model, communities=communities, **dcmm_kw)
     elif dcmm:
         raise ValueError("dcmm kwargs were given but attention='standard'; pass attention='dcmm' to use them.")
+    stored_kw = {k: v for k, v in kw.items() if k != "pretrained_cfg_overlay"}
     model.workbench_config = {
         "name": name, "timm_name": timm_name, "num_classes": num_classes, "img_size": list(size),
-        "in_chans": in_chans, "pretrained": bool(pretrained), "attention": attention,
+        "in_chans": in_chans, "pretrained": str(weights_file) if weights_file else bool(pretrained), "attention": attention,
         "communities": int(communities), "dcmm": copy.deepcopy(dcmm_kw),
-        "drop_path_rate": float(drop_path_rate), "normalize": mean_std, "kw": copy.deepcopy(kw),
+        "drop_path_rate": float(drop_path_rate), "normalize": mean_std, "kw": copy.deepcopy(stored_kw),
     }
     return model
 

@@ -11,7 +11,7 @@ from torch import nn
 from workbench._device import model_device, model_on
 
 from .autoencoders import SAE
-from .layers import TokenLayout, forward_to, infer_layout, model_identity, resolve_layer
+from .layers import TokenLayout, forward_to, infer_layout, resolve_layer
 from .training import check_finite
 
 
@@ -26,8 +26,15 @@ class Bound:
     device: torch.device
 
 
-def _arch(cfg: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in cfg.items() if k not in ("pretrained",)}
+def _arch(cfg: Any) -> Any:
+    """A model config without what does not change the architecture (where its weights came from)."""
+    return {k: v for k, v in cfg.items() if k != "pretrained"} if isinstance(cfg, dict) else cfg
+
+
+def _describe(fp: dict[str, Any]) -> str:
+    cfg = fp.get("model")
+    name = cfg.get("name", cfg.get("timm_name")) if isinstance(cfg, dict) else cfg
+    return f"{name} with weights {str(fp.get('weights_sha256', ''))[:12]}"
 
 
 def bind(sae: SAE, model: nn.Module, *, layer: str | int | None = None, tokens: str | None = None,
@@ -53,15 +60,17 @@ def bind(sae: SAE, model: nn.Module, *, layer: str | int | None = None, tokens: 
                          f"reads the layer it was trained on. Use layer={src_layer!r} or train an SAE on {name!r}.")
     src_model = src.get("model") or {}
     if src_model:
-        here = model_identity(model)
-        if _arch(src_model.get("config", {})) != _arch(here["config"]):
-            raise ValueError(f"the SAE was trained on activations of another architecture ({src_model.get('config')}) "
-                             f"than this model ({here['config']}); load the model its store was cached from.")
-        if check_model and src_model.get("fingerprint") != here["fingerprint"]:
-            raise ValueError(f"the SAE was trained on activations of another model (weights fingerprint "
-                             f"{src_model.get('fingerprint')}, this model's is {here['fingerprint']}). Load the model "
-                             "its store was cached from, or pass check_model=False to apply this dictionary to another "
-                             "model on purpose (e.g. a fine-tuned one: workbench.sae.compare_models).")
+        from workbench.jobs import fingerprint
+
+        here = fingerprint(model)
+        if _arch(src_model.get("model")) != _arch(here["model"]):
+            raise ValueError(f"the SAE was trained on activations of another architecture ({_describe(src_model)}) "
+                             f"than this model ({_describe(here)}); load the model its store was cached from.")
+        if check_model and src_model.get("weights_sha256") != here["weights_sha256"]:
+            raise ValueError(f"the SAE was trained on activations of another model ({_describe(src_model)}; this "
+                             f"model is {_describe(here)}). Load the model its store was cached from, or pass "
+                             "check_model=False to apply this dictionary to another model on purpose (e.g. a "
+                             "fine-tuned one: workbench.sae.compare_models).")
     run_model, dev = model_on(model, device)
     run_sae = sae if model_device(sae) == dev else copy.deepcopy(sae).to(dev)
     run_sae.eval()

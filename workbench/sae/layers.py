@@ -16,7 +16,6 @@ model's mode, weights and hooks as they were.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -198,31 +197,6 @@ def forward_to(model: nn.Module, images: torch.Tensor, layer: str) -> torch.Tens
         raise ValueError(f"layer {layer!r} did not run during the model's forward; pick a layer on the path from "
                          "input to output (workbench.sae.layers.layer_names).")
     return rec["output"]
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """A short hash of the model's weights: per tensor its name, shape, sum, sum of squares and up to
-    1024 evenly spaced values (cheap on any device; any fine-tuning step changes it)."""
-    h = hashlib.sha1()
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if not torch.is_tensor(t) or not t.is_floating_point():
-                continue
-            f = t.detach().flatten().double()
-            step = max(1, f.numel() // 1024)
-            stats = torch.stack([f.sum(), f.pow(2).sum()]).cpu()
-            h.update(name.encode())
-            h.update(str(tuple(t.shape)).encode())
-            h.update(stats.numpy().tobytes())
-            h.update(f[::step][:1024].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def model_identity(model: nn.Module) -> dict[str, Any]:
-    """The model's config (``workbench_config`` or its class) and weight fingerprint (JSON-ready)."""
-    cfg = getattr(model, "workbench_config", None)
-    return {"config": dict(cfg) if isinstance(cfg, dict) else {"class": type(model).__name__},
-            "fingerprint": model_fingerprint(model)}
 
 
 def splice(model: nn.Module, layer: str, layout: TokenLayout,

@@ -23,6 +23,10 @@ _EXPORTS = {
     "audit_figure": "workbench.viz.evaluation",
     # training
     "training_curves": "workbench.viz.training",
+    # sparse autoencoders (issue 13)
+    "sae_training": "workbench.viz.sae", "latent_heatmap": "workbench.viz.sae", "latent_grid": "workbench.viz.sae",
+    "atlas_bars": "workbench.viz.sae", "atlas_matrix": "workbench.viz.sae", "class_latent_bars": "workbench.viz.sae",
+    "intervention_curves": "workbench.viz.sae",
 }
 
 
