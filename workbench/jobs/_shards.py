@@ -507,7 +507,7 @@ def fingerprint(obj: Any) -> dict[str, Any]:
             t = t.detach().cpu().contiguous()
             h.update(str(t.dtype).encode())
             h.update(str(tuple(t.shape)).encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-d too (BatchNorm counters)
         return _jsonable({"model": getattr(obj, "workbench_config", None) or type(obj).__name__,
                           "weights_sha256": h.hexdigest()[:32]})
     if hasattr(obj, "__len__") and hasattr(obj, "__getitem__"):

@@ -141,7 +141,7 @@ def fidelity(sae: SAE, model: nn.Module, data: Any, *, layer: str | int | None =
         labels.append(batch["label"].cpu())
     y = torch.cat(labels).numpy()
     p = {k: torch.cat(v).numpy() for k, v in probs.items()}
-    aucs = {k: auc_score(v, y, task) for k, v in p.items()}
+    aucs = {k: auc_score(v, y, task, fast=True) for k, v in p.items()}
     agree = float((p["auc"].argmax(1) == p["auc_spliced"].argmax(1)).mean()) if task != "multilabel" else \
         float(((p["auc"] >= 0.5) == (p["auc_spliced"] >= 0.5)).mean())
     cis = None
