@@ -37,6 +37,18 @@ def _describe(fp: dict[str, Any]) -> str:
     return f"{name} with weights {str(fp.get('weights_sha256', ''))[:12]}"
 
 
+def check_call(model: nn.Module, data: Any, batch_size: int, *, labels: bool = False, name: str = "data") -> Any:
+    """The common boundary checks of the analyses (``workbench._checks``): model, non-empty data,
+    batch size; ``labels=True`` refuses bare image tensors."""
+    from workbench._checks import check_dataset, check_int, check_model
+
+    check_model(model)
+    check_int(batch_size, "batch_size")
+    if labels and torch.is_tensor(data):
+        raise ValueError(f"{name} must carry labels: pass a dataset or an (images, labels) pair, not bare images.")
+    return check_dataset(data, name=name)
+
+
 def bind(sae: SAE, model: nn.Module, *, layer: str | int | None = None, tokens: str | None = None,
          device: str | torch.device | None = None, check_model: bool = True, probe: torch.Tensor | None = None) -> Bound:
     """Check that ``sae`` fits ``model``'s layer and return them bound on one device.
@@ -122,7 +134,10 @@ def batches(bound: Bound, data: Any, *, batch_size: int = 64, masks: bool = Fals
         raise ValueError("the dataset is empty; give at least one image.")
     task = task_of(src) if attribute is not None and not torch.is_tensor(data) else "multiclass"
     fields = ("masks",) if masks else ()
+    from workbench._checks import check_images
+
     for b in BatchSource(src, batch_size, bound.device, keep_on_device=False, fields=fields)(shuffle=False):
+        check_images(b["image"], bound.model, name="the images")
         if attribute is None:
             acts = bound.layout.select(forward_to(bound.model, b["image"], bound.layer)).float()
             check_finite(acts, f"the activations of layer {bound.layer!r}")

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._apply import batches, bind, first_images
+from ._apply import batches, bind, check_call, first_images
 from .autoencoders import SAE
 from .latents import Latents, latents, upsample
 
@@ -73,6 +73,7 @@ def top_activations(sae: SAE, model: nn.Module, data: Any, *, n: int = 9, region
             activations outside the body can be left out.
         layer, batch_size, device, check_model: as in :func:`workbench.sae.latents`.
     """
+    check_call(model, data, batch_size)
     b = bind(sae, model, layer=layer, device=device, check_model=check_model, probe=first_images(data))
     grid = b.layout.grid
     vals = torch.full((sae.d_sae, 0), -1.0)
@@ -267,6 +268,7 @@ def reliance(sae: SAE, model: nn.Module, data: Any, *, target: int | None = None
     Args:
         target: class whose evidence is attributed (default: class 1 of binary tasks, else 0).
     """
+    check_call(model, data, batch_size, labels=True)
     b = bind(sae, model, layer=layer, device=device, check_model=check_model, probe=first_images(data))
     t = "default" if target is None else target
     return torch.cat([bt["reliance"].cpu() for bt in batches(b, data, batch_size=batch_size, attribute=t)])

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ._apply import Bound, batches, bind, first_images, target_class
+from ._apply import Bound, batches, bind, check_call, first_images, target_class
 from .analysis import _rank_auc, patch_fractions
 from .autoencoders import SAE
 from .latents import upsample
@@ -159,6 +159,11 @@ def atlas(sae: SAE, model: nn.Module, data: Any, *, structures: Sequence[str] | 
         raise ValueError(f"upsample_mode must be 'bilinear' or 'nearest'; got {upsample_mode!r}.")
     if torch.is_tensor(data) or isinstance(data, (tuple, list)):
         raise ValueError("the atlas needs structure masks; pass a dataset with masks, not image tensors.")
+    check_call(model, data, batch_size)
+    from workbench._checks import check_int
+
+    check_int(top, "top")
+    check_int(bins, "bins", minimum=8)
     names = _structures(data, structures)
     if region is not None and region not in getattr(data, "structures", ()):
         raise ValueError(f"region {region!r} is not a structure of the dataset; structures: {list(data.structures)}.")
@@ -301,6 +306,7 @@ def confounders(sae: SAE, model: nn.Module, data: Any, *, suspects: Sequence[str
 
     if torch.is_tensor(data) or isinstance(data, (tuple, list)):
         raise ValueError("the confounder search needs labels and structure masks; pass a dataset.")
+    check_call(model, data, batch_size)
     avail = tuple(getattr(data, "structures", ()) or ())
     wanted = tuple(suspects) + ((body,) if body else ())
     missing = [s for s in wanted if s not in avail]

@@ -35,6 +35,9 @@ def save(sae: SAE, path: str | os.PathLike) -> Path:
 
     if not isinstance(sae, SAE):
         raise TypeError(f"expected a workbench SAE (workbench.sae.train / create); got {type(sae).__name__}.")
+    from workbench._checks import check_output_path
+
+    check_output_path(path, name="path")
     weights, config = checkpoint_paths(path)
     state = {k: v.detach().to("cpu").contiguous() for k, v in sae.state_dict().items()}
     text = json.dumps({"format": FORMAT, **sae.config()}, indent=2, sort_keys=True, default=str)

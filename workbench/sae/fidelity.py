@@ -10,7 +10,7 @@ from torch import nn
 
 from workbench._train_metrics import auc_score, bootstrap_ci
 
-from ._apply import Bound, batches, bind, first_images
+from ._apply import Bound, batches, bind, check_call, first_images
 from .autoencoders import SAE
 from .layers import splice
 
@@ -102,8 +102,7 @@ def fidelity(sae: SAE, model: nn.Module, data: Any, *, layer: str | int | None =
     """
     from workbench._train_data import as_source, task_of
 
-    if torch.is_tensor(data):
-        raise ValueError("fidelity needs labels to measure AUC; pass a dataset or an (images, labels) pair.")
+    check_call(model, data, batch_size, labels=True)
     task = task_of(as_source(data))
     b = bind(sae, model, layer=layer, device=device, check_model=check_model, probe=first_images(data))
     d, n_tok, n_img = sae.d, 0, 0

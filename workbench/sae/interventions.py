@@ -20,7 +20,7 @@ from torch import nn
 
 from workbench._train_metrics import auc_score, bootstrap_ci
 
-from ._apply import batches, bind, first_images
+from ._apply import batches, bind, check_call, first_images
 from .analysis import ClassLatents, class_latents
 from .autoencoders import SAE
 from .fidelity import spliced_probs
@@ -97,8 +97,11 @@ def intervene(sae: SAE, model: nn.Module, data: Any, *, ks: Sequence[int] = (1, 
         raise ValueError(f"modes must be a non-empty subset of {MODES}; got {list(modes)}.")
     if ranking not in ("mean", "contrastive"):
         raise ValueError(f"ranking must be 'mean' (Mammo-SAE) or 'contrastive'; got {ranking!r}.")
-    if torch.is_tensor(data):
-        raise ValueError("interventions need labels to measure AUROC; pass a labelled dataset.")
+    from workbench._checks import check_int
+
+    check_call(model, data, batch_size, labels=True)
+    check_int(random, "random", minimum=0)
+    check_int(bootstrap, "bootstrap", minimum=0)
     ks = _check_ks(ks, sae.d_sae)
     task = task_of(as_source(data))
     b = bind(sae, model, layer=layer, device=device, check_model=check_model, probe=first_images(data))
@@ -193,6 +196,8 @@ def compare_models(sae: SAE, model_a: nn.Module, model_b: nn.Module, data: Any, 
     """
     import pandas as pd
 
+    check_call(model_a, data, batch_size, labels=True)
+    check_call(model_b, data, batch_size, labels=True)
     t = "default" if target is None else target
     out = {}
     for tag, model, check in (("a", model_a, True), ("b", model_b, False)):

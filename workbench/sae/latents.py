@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._apply import batches, bind, first_images
+from ._apply import batches, bind, check_call, first_images
 from .autoencoders import SAE
 
 POOLS = ("mean", "max", "sum", "cls")
@@ -98,6 +98,7 @@ def latents(sae: SAE, model: nn.Module, data: Any, *, pool: str = "mean", maps: 
     Returns:
         :class:`Latents`, on the CPU.
     """
+    check_call(model, data, batch_size)
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}; got {pool!r}.")
     b = bind(sae, model, layer=layer, device=device, check_model=check_model, probe=first_images(data))

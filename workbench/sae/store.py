@@ -96,9 +96,14 @@ def cache(model: nn.Module, data: Any, *, layer: str | int, out: str | os.PathLi
         ValueError: an unknown layer (the valid ones are listed), an empty dataset, non-finite
             activations, or an ``out`` folder holding another model's, layer's or dataset's store.
     """
-    data = _as_dataset(data)
-    if len(data) == 0:
-        raise ValueError("the dataset is empty; give at least one image to cache.")
+    from workbench._checks import check_dataset, check_int, check_model, check_output_path
+
+    check_model(model)
+    data = _as_dataset(check_dataset(data))
+    check_int(batch_size, "batch_size")
+    check_int(shard_size, "shard_size", none_ok=True)
+    check_int(num_workers, "num_workers", minimum=0)
+    out = check_output_path(out, directory=True, name="out")
     name = resolve_layer(model, layer)
     dev = jobs.rank_device(device) if device is not None else None
     run, dev = model_on(model, dev)
@@ -110,13 +115,14 @@ def cache(model: nn.Module, data: Any, *, layer: str | int, out: str | os.PathLi
     job = jobs.Job(out, spec, n=len(data), shard_size=shard_size, dtype="float16", progress=progress,
                    desc=f"cache {name}")
     if not job.done:
+        from workbench._checks import check_images
         from workbench.data._info import dataset_ids
 
         ids = dataset_ids(data)
         for shard in job.shards(data, batch_size=batch_size, num_workers=num_workers, device=dev):
             acts, labels = [], []
             for batch in shard:
-                x = batch["image"].to(dev, non_blocking=True).float()
+                x = check_images(batch["image"].to(dev, non_blocking=True).float(), run, name="the images")
                 t = layout.select(forward_to(run, x, name)).float()
                 check_finite(t.reshape(-1, layout.d), f"the activations of layer {name!r} (images "
                              f"{shard.indices.start}..{shard.indices.stop - 1})")
@@ -327,9 +333,11 @@ def activations(model: nn.Module, data: Any, *, layer: str | int, tokens: str = 
     """
     from workbench._train_data import BatchSource
 
-    data = _as_dataset(data)
-    if len(data) == 0:
-        raise ValueError("the dataset is empty; give at least one image to collect activations from.")
+    from workbench._checks import check_dataset, check_int, check_model
+
+    check_model(model)
+    data = _as_dataset(check_dataset(data))
+    check_int(batch_size, "batch_size")
     name = resolve_layer(model, layer)
     run, dev = model_on(model, device)
     layout = infer_layout(run, forward_to(run, _first_image(data).to(dev), name), tokens)

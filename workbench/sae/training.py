@@ -17,8 +17,6 @@ from typing import Any, Iterator, NamedTuple, Protocol
 
 import torch
 
-from workbench._device import resolve_device
-
 from . import losses
 from .autoencoders import SAE, create
 
@@ -211,11 +209,20 @@ def train(store: Any, kind: str = "topk", expansion: float = 8, k: int | None = 
     """
     from tqdm.auto import tqdm
 
+    from workbench._checks import check_device, check_int, check_number
+
     src = as_tokens(store)
-    dev = resolve_device(device)
+    dev = check_device(device) if device is not None else torch.device("cpu")
     use_amp = (dev.type == "cuda") if amp == "auto" else bool(amp)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int (tokens per step); got {batch_size!r}.")
+    check_int(batch_size, "batch_size")
+    check_number(epochs, "epochs", low=0, low_open=True)
+    check_int(tokens, "tokens", none_ok=True)
+    check_number(lr, "lr", low=0, low_open=True, none_ok=True)
+    check_number(l1_coef, "l1_coef", low=0)
+    check_int(aux_k, "aux_k", minimum=0, none_ok=True)
+    check_number(aux_coef, "aux_coef", low=0)
+    check_int(init_tokens, "init_tokens")
+    check_int(log_every, "log_every")
     total_tokens = int(tokens) if tokens is not None else int(round(float(epochs) * src.n_tokens))
     if total_tokens < 1:
         raise ValueError(f"nothing to train on: epochs={epochs}, tokens={tokens}, the store holds {src.n_tokens} "
