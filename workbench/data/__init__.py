@@ -5,6 +5,8 @@
     >>> ds = data.load("medmnist:breastmnist", split="test")              # doctest: +SKIP
     >>> ds = data.load(data.shared_data_path() / "cxr_anatomy", label_column="finding")  # doctest: +SKIP
     >>> batch = ds.batch(range(16))   # image (16, C, H, W), masks {name: (16, H, W)}, mask_present
+    >>> big = data.load("/data/nih_cxr14", lazy=True, size=224)          # doctest: +SKIP
+    >>> big = data.attach_chexmask(big, "/data/chexmask/ChestX-Ray8.csv.gz")  # doctest: +SKIP
 
 ``workbench.data.phantom`` (the built-in anatomical phantom) is imported lazily.
 """
@@ -15,12 +17,16 @@ from typing import Any
 
 from workbench.data import transforms
 from workbench.data._base import TASKS, ArrayDataset, BaseDataset, collate, label_map, to_numpy_image
+from workbench.data._info import DatasetInfo, dataset_info
 from workbench.data._paths import default_data_dir, shared_data_path
+from workbench.data.chexmask import attach_chexmask, decode_rle, encode_rle
+from workbench.data.folder import FolderDataset
 from workbench.data.sources import load
 from workbench.data.transforms import resize_images, resize_masks
 
 __all__ = ["load", "ArrayDataset", "BaseDataset", "collate", "label_map", "to_numpy_image", "TASKS",
-           "shared_data_path", "default_data_dir", "transforms", "resize_images", "resize_masks", "phantom"]
+           "shared_data_path", "default_data_dir", "transforms", "resize_images", "resize_masks", "phantom",
+           "FolderDataset", "attach_chexmask", "encode_rle", "decode_rle", "dataset_info", "DatasetInfo"]
 
 
 def __getattr__(name: str) -> Any:

@@ -118,7 +118,9 @@ def read_dicom(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
         item = ds.VOILUTSequence[0]
         bits = int(item.LUTDescriptor[2]) or 16
-        a = apply_voi_lut(a, ds, index=0, prefer_lut=True).astype(np.float64) / float(2 ** bits - 1)
+        # the LUT is indexed by (integer) modality values
+        a = apply_voi_lut(np.rint(a).astype(np.int64), ds, index=0, prefer_lut=True).astype(np.float64)
+        a /= float(2 ** bits - 1)
         meta["voi"] = "lut"
     elif "WindowCenter" in ds and "WindowWidth" in ds:
         c, w = _first(ds.WindowCenter), _first(ds.WindowWidth)

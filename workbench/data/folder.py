@@ -332,7 +332,8 @@ class FolderDataset(BaseDataset):
         masks = {s: torch.from_numpy(np.ascontiguousarray(m))
                  for s, m in self._index.masks(i, a.shape[:2], self.hw).items()}
         return {"image": x, "label": self.labels[i], "masks": masks, "concepts": None,
-                "meta": {**self.meta[i], **file_meta} if file_meta else self.meta[i], "id": self.ids[i], "index": i}
+                "meta": {**self.meta[i], **file_meta} if file_meta else self.meta[i], "id": self.ids[i], "index": i,
+                "source_size": tuple(a.shape[:2])}  # the file's (H, W), for masks made at that size
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", lazy, image_shape={self.image_shape})"
