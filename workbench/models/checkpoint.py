@@ -186,3 +186,41 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> t
                          f"described by {config.name}; re-save the model. Details: {str(e).splitlines()[0]}") from e
     model.eval()
     return model.to(resolve_device(device) if device is not None else torch.device("cpu"))
+
+
+def load_if_present(path: str | os.PathLike, device: str | torch.device | None = None,
+                    **expect: Any) -> torch.nn.Module | None:
+    """The model of checkpoint ``path`` if both its files exist and its config has the ``expect``ed
+    values, else None (a warning says why when the files exist but do not fit).
+
+    Notebooks use it to reuse a model that ``workbench demo`` saved instead of training one.
+
+    Args:
+        path: the checkpoint path (with or without suffix).
+        device: passed to :func:`load`.
+        **expect: config values the model must have, e.g. ``img_size=64, in_chans=1, num_classes=2``
+            (sizes compare as (H, W) pairs).
+
+    Returns:
+        The model in eval mode, or None.
+    """
+    from workbench._image import size_pair
+
+    weights, config = checkpoint_paths(path)
+    if not (weights.exists() and config.exists()):
+        return None
+    cfg = read_config(path)
+    differ = {}
+    for k, v in expect.items():
+        have = cfg.get(k)
+        if k == "img_size" and have is not None and v is not None:
+            have, v = tuple(size_pair(have)), tuple(size_pair(v))
+        if have != v:
+            differ[k] = (have, v)
+    if differ:
+        import warnings
+
+        what = ", ".join(f"{k}={a} (wanted {b})" for k, (a, b) in differ.items())
+        warnings.warn(f"checkpoint {weights} does not fit this data: {what}; not using it.", stacklevel=2)
+        return None
+    return load(path, device=device)

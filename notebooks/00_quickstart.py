@@ -1,0 +1,126 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: workbench
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+#   workbench:
+#     test_parameters:
+#       N_TRAIN: 96
+#       N_TEST: 32
+#       EPOCHS: 1
+#       CHECKPOINT: ''
+# ---
+
+# %% [markdown]
+# # 00 · Quickstart: phantom → small ViT → where it looks, by anatomy
+#
+# The demo (`make demo` / `workbench demo --out DIR`) step by step, with the first picture first.
+# If `make demo` has run, this notebook reuses the model it saved (`../outputs/demo/model`: a small
+# ViT, test AUC about 0.94) and shows where it looks within seconds. Without it, the notebook trains
+# a small ViT for about half a minute on a CPU: a weaker model (AUC about 0.7), enough to see the
+# method. For the better one run `make demo` (about 4 CPU minutes) and re-run this notebook.
+# Change the next cell for a GPU or your own data.
+
+# %% tags=["parameters"]
+SOURCE = "phantom"                      # or "medmnist:pneumoniamnist", a .npz path, a folder dataset
+PHANTOM = {}                            # phantom options, e.g. {"nodule_contrast": [0.1, 0.2]}
+SIZE = 64                               # image side in pixels
+CHECKPOINT = "../outputs/demo/model"    # a model `workbench demo` saved; "" to always train here
+N_TRAIN = 2000                          # training images when no checkpoint fits
+N_TEST = 200                            # test images
+EPOCHS = 3                              # the demo: 8,000 images x 10 epochs (benchmarks/README.md)
+K = 4                                   # communities of patches
+DEVICE = "auto"                         # "cuda", "mps" or "cpu"
+OUT = "../outputs/quickstart"           # figures and the model trained here
+
+# %%
+import workbench as wb
+
+extra = PHANTOM if SOURCE == "phantom" else {}
+test = wb.data.load(SOURCE, split="test", n=N_TEST, size=SIZE, **extra)
+test
+
+# %% [markdown]
+# ## A model: the demo's, or a quick one
+# A small vision transformer: patch 8 (an 8×8 grid of tokens at 64 px), 4 blocks of width 96. It
+# takes [0, 1] images and standardises them itself. ViTs want data: many fresh phantom images seen
+# a few times beat few images seen many times.
+
+# %%
+model = wb.models.load_if_present(CHECKPOINT, img_size=SIZE, in_chans=test.images.shape[1],
+                                  num_classes=test.num_classes) if CHECKPOINT else None
+if model is None:  # no demo checkpoint: train a quick, weaker model (`make demo` gives the better one)
+    train = wb.data.load(SOURCE, split="train", n=N_TRAIN, size=SIZE, **extra)
+    model = wb.models.create("vit_tiny", num_classes=test.num_classes, img_size=SIZE, in_chans=test.images.shape[1],
+                             patch_size=8, depth=4, embed_dim=96, num_heads=3)
+    wb.fit(model, train, epochs=EPOCHS, batch_size=64, lr=1e-3, device=DEVICE)
+    wb.models.save(model, f"{OUT}/model")
+
+# %% [markdown]
+# ## Where does it look, grouped by anatomy?
+# **Communities of patches on the attention graph.** The last layer's attention, averaged over
+# heads and made symmetric, is a weighted graph between patches. Mixed-SCORE (Jin, Ke & Luo,
+# *J. Econometrics* 2023) fits a degree-corrected mixed-membership model to it: the top-K
+# eigenvectors, divided entry-wise by the leading one (which removes each patch's degree), form a
+# simplex whose corners are found by vertex hunting; each patch's position in it gives its soft
+# membership of the K communities. The overlay colours each patch by its memberships, outlines the
+# anatomy, and names each community by the structure holding most of its mass.
+
+# %%
+batch = test.batch(range(4))
+comms = wb.communities(model, batch["image"], k=K, method="mixed_score")
+fig = wb.viz.community_overlay(batch["image"], comms, index=0, masks=batch,
+                               structures=["left_lung", "right_lung", "heart", "mediastinum", "diaphragm"])
+wb.viz.save_figure(fig, f"{OUT}/attention_communities", params={"k": K, "source": SOURCE})
+
+# %% [markdown]
+# How well the communities follow anatomy, per image: adjusted Rand index and normalised mutual
+# information between the hard community map and the anatomy label map (1 = identical partitions,
+# 0 = chance), and purity; the table is each community's share of mass per structure.
+
+# %%
+align = wb.evaluation.anatomy_alignment(comms, batch)
+print(f"ARI {align.ari:.2f}, NMI {align.nmi:.2f}, purity {align.purity:.2f}")
+align.table.round(2)
+
+# %% [markdown]
+# ## The data and the model's accuracy
+# Every phantom sample carries its anatomy, findings and distractors as exact masks:
+
+# %%
+fig = wb.viz.gallery(test, n=8)
+
+# %% [markdown]
+# Test AUC with a 95% bootstrap confidence interval (resampling the test images).
+
+# %%
+wb.evaluate(model, test, bootstrap=200).to_dict()
+
+# %% [markdown]
+# ## Which structures carry the evidence?
+# **Gradient-weighted attention relevance** (Chefer, Gur & Wolf, CVPR 2021): in each layer the
+# attention map is multiplied by its gradient with respect to the *abnormal* logit, negative
+# values are clipped and heads averaged; the layers are then chained as in attention rollout
+# (Abnar & Zuidema, ACL 2020: add the identity for the residual path, normalise rows, multiply
+# across layers). The bars are the share of positive relevance inside each structure, averaged
+# over abnormal test images, with 95% bootstrap CIs.
+
+# %%
+abnormal = test.batch((test.labels == 1).nonzero().flatten()[:32])
+relevance = wb.attribute(model, abnormal["image"], target=1, method="chefer")
+fig = wb.viz.attribution_grid(abnormal, {"chefer": relevance}, indices=range(min(4, len(abnormal["image"]))),
+                              structures=["nodule", "effusion", "pneumothorax", "consolidation"])
+
+# %%
+budget = wb.evaluation.cohort_budget(relevance, abnormal, bootstrap=200)
+fig = wb.viz.budget_bars(budget, title="Where the ViT looks on abnormal images")
+wb.viz.save_figure(fig, f"{OUT}/relevance_by_structure", params={"method": "chefer"})
