@@ -197,3 +197,18 @@ def test_quickstart_uses_a_saved_checkpoint_instead_of_training(tmp_path):
     assert (tmp_path / "run" / "attention_communities.png").exists()
     assert not (tmp_path / "run" / "model.safetensors").exists(), "trained a model although a checkpoint fits"
     assert result.cell_seconds[2] < result.seconds
+
+
+def test_load_if_present_only_loads_a_checkpoint_that_fits(tmp_path):
+    import torch
+
+    import workbench as wb
+
+    assert wb.models.load_if_present(tmp_path / "absent") is None
+    model = wb.models.create("vit_tiny", num_classes=2, img_size=32, in_chans=1, patch_size=8, depth=1,
+                             embed_dim=32, num_heads=2)
+    wb.models.save(model, tmp_path / "m")
+    loaded = wb.models.load_if_present(tmp_path / "m", img_size=32, in_chans=1, num_classes=2)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    with pytest.warns(UserWarning, match=r"does not fit this data: img_size=\(32, 32\) \(wanted \(64, 64\)\)"):
+        assert wb.models.load_if_present(tmp_path / "m", img_size=64, in_chans=1) is None
