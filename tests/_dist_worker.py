@@ -39,6 +39,20 @@ def scenario_jobs(out: Path) -> None:
         "gathered": gathered.tolist(), "split": jobs.split_indices(23)}))
 
 
+def explain_argv(root: Path, out: Path) -> list[str]:
+    return ["explain", "--checkpoint", str(root / "model"), "--data", str(root / "ds"), "--split", "all",
+            "--method", "integrated_gradients", "--n-steps", "8", "--out", str(out), "--batch-size", "3",
+            "--shard-size", "4", "--workers", "1", "--bootstrap", "20", "--no-progress", "--device", "cpu"]
+
+
+def scenario_explain(out: Path) -> None:
+    """`workbench explain` and `workbench evaluate` on ROOT/model and ROOT/ds (made by the test)."""
+    from workbench import cli
+    assert cli.main(explain_argv(out, out / "explain_ranks")) == 0
+    assert cli.main(["evaluate", "--checkpoint", str(out / "model"), "--data", str(out / "ds"), "--split", "all",
+                     "--bootstrap", "20", "--device", "cpu"]) == 0
+
+
 def separable(n: int = 64, seed: int = 0):
     from workbench.data import ArrayDataset
     g = torch.Generator().manual_seed(seed)

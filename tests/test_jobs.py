@@ -155,7 +155,8 @@ def test_torchrun_two_ranks_split_the_shards_and_a_dead_rank_resumes(tmp_path):
     r = torchrun("jobs", tmp_path, env={"DIE_AFTER": "1"})
     assert r.returncode != 0, r.stdout + r.stderr
     assert not (tmp_path / "job" / "manifest.json").exists()
-    r = torchrun("jobs,train", tmp_path, env={"RUN": "2"})     # the rerun, then DDP training in the same launch
+    make_explain_inputs(tmp_path)
+    r = torchrun("jobs,train,explain", tmp_path, env={"RUN": "2"})  # the rerun, DDP training, explain, evaluate
     assert r.returncode == 0, r.stdout + r.stderr
     res = [json.loads((tmp_path / f"rank{k}_run2.json").read_text()) for k in (0, 1)]
     assert [x["world"] for x in res] == [2, 2]
@@ -183,3 +184,37 @@ def test_torchrun_two_ranks_split_the_shards_and_a_dead_rank_resumes(tmp_path):
         torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-5)              # and train like one process
     assert ranks[0]["loss"] == pytest.approx(ref["loss"], rel=1e-4) and ranks[0]["val_auc"] == ref["val_auc"]
     assert ranks[0]["auc"] == ranks[1]["auc"] == ref["auc"] and ranks[0]["n"] == ranks[1]["n"] == 39
+
+    # `workbench explain` over 2 ranks: the same per-image results as one process; evaluate prints once
+    from workbench import cli
+    assert cli.main(worker.explain_argv(tmp_path, tmp_path / "explain_one")) == 0
+    one, two = jobs.open_store(tmp_path / "explain_one"), jobs.open_store(tmp_path / "explain_ranks")
+    np.testing.assert_array_equal(one.array("maps")[:], two.array("maps")[:])
+    assert one.table.drop(columns=["probs"]).equals(two.table.drop(columns=["probs"]))
+    assert set(two.table["index"]) == set(range(10))
+    printed = json_objects(r.stdout)
+    evaluations = [o for o in printed if "auc" in o]
+    assert len(evaluations) == 1 and evaluations[0]["n"] == 10            # rank 0 reports, once
+    assert [o["images"] for o in printed if "images" in o] == [10]
+
+
+def json_objects(text: str) -> list[dict]:
+    """Every top-level JSON object printed in ``text``."""
+    dec, out, i = json.JSONDecoder(), [], 0
+    while (i := text.find("{", i)) != -1:
+        try:
+            obj, i = dec.raw_decode(text, i)
+            out.append(obj)
+        except ValueError:
+            i += 1
+    return out
+
+
+def make_explain_inputs(root: Path) -> None:
+    """ROOT/ds (a folder with lung masks) and ROOT/model (a tiny ViT checkpoint) for the explain scenario."""
+    import workbench as wb
+    spec = importlib.util.spec_from_file_location("test_explain_helpers", HERE / "test_explain.py")
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    helpers.make_folder(root / "ds")
+    wb.models.save(helpers.small_model(), root / "model")

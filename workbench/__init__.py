@@ -32,6 +32,7 @@ _EXPORTS = {
     "chefer_relevance": "workbench.attention:chefer_relevance",
     "attribute": "workbench.attribution:attribute",
     "Attribution": "workbench.attribution:Attribution",
+    "explain_dataset": "workbench.explain:explain_dataset",
     "resolve_device": "workbench._device:resolve_device",
 }
 

@@ -39,4 +39,15 @@ def data_kw(args: argparse.Namespace) -> dict[str, Any]:
         kw["size"] = args.size
     if getattr(args, "label_column", None) is not None:
         kw["label_column"] = args.label_column
+    if getattr(args, "lazy", False):
+        kw["lazy"] = True
     return kw
+
+
+def data_for_model(args: argparse.Namespace, model: Any) -> Any:
+    """``args.split`` of ``args.data`` at the checkpoint's image size and channels (``--size`` wins)."""
+    cfg = model.workbench_config
+    kw = data_kw(args)
+    kw.setdefault("size", tuple(cfg["img_size"]))
+    kw["channels"] = int(cfg["in_chans"]) if int(cfg["in_chans"]) in (1, 3) else None
+    return load_split(args.data, args.split, **kw)

@@ -1,11 +1,12 @@
-"""``workbench evaluate``: AUC and accuracy of a checkpoint on a data split, as JSON."""
+"""``workbench evaluate``: AUC and accuracy of a checkpoint on a data split, as JSON (under
+``torchrun --nproc_per_node N`` the ranks share the images and rank 0 prints)."""
 from __future__ import annotations
 
 import argparse
 import json
 from typing import Any
 
-from workbench.cli._common import data_kw, load_split
+from workbench.cli._common import data_for_model
 
 
 def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
@@ -13,11 +14,8 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from workbench.train import evaluate
 
     model = models.load(args.checkpoint)
-    cfg = model.workbench_config
-    kw = data_kw(args)
-    kw.setdefault("size", tuple(cfg["img_size"]))
-    kw["channels"] = int(cfg["in_chans"]) if int(cfg["in_chans"]) in (1, 3) else None
-    data = load_split(args.data, args.split, **kw)
+    data = data_for_model(args, model)
+    # under torchrun each rank predicts its share and the predictions of all ranks are gathered
     ev = evaluate(model, data, device=args.device, bootstrap=args.bootstrap, seed=args.seed)
     return {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, **ev.to_dict()}
 
@@ -29,6 +27,7 @@ def register(sub: Any) -> None:
     e.add_argument("--split", default="test")
     e.add_argument("--size", type=int, default=None, help="default: the checkpoint's image size")
     e.add_argument("--label-column", default=None)
+    e.add_argument("--lazy", action="store_true", help="read a folder's images on access (default: above 10,000)")
     e.add_argument("--bootstrap", type=int, default=1000)
     e.add_argument("--device", default="auto")
     e.add_argument("--seed", type=int, default=0)
@@ -36,5 +35,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    print(json.dumps(run_evaluate(args), indent=2))
+    from workbench.jobs import distributed
+    result = run_evaluate(args)
+    if distributed().is_main:  # under torchrun: one report, from rank 0
+        print(json.dumps(result, indent=2))
     return 0
