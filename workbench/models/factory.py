@@ -208,10 +208,10 @@ def _resolve_name(name: str) -> str:
     )
 
 
-def create(name: str, num_classes: int, img_size: int | Sequence[int] = 224, in_chans: int = 3, *,
-           pretrained: bool | str | os.PathLike = False, attention: str = "standard", communities: int = 4,
-           dcmm: dict[str, Any] | None = None, drop_path_rate: float = 0.0,
-           normalize: Any = "auto", **kw: Any) -> torch.nn.Module:
+def create(name: str, num_classes: int | None = None, img_size: int | Sequence[int] | None = None,
+           in_chans: int | None = None, *, pretrained: bool | str | os.PathLike | None = None,
+           attention: str = "standard", communities: int = 4, dcmm: dict[str, Any] | None = None,
+           drop_path_rate: float = 0.0, normalize: Any = "auto", **kw: Any) -> torch.nn.Module:
     """Create a classification model over timm.
 
     Images fed to the model are ``(B, in_chans, H, W)`` floats in [0, 1]; the model standardises
@@ -220,12 +220,17 @@ def create(name: str, num_classes: int, img_size: int | Sequence[int] = 224, in_
 
     Args:
         name: a short name (``list_models()``: vit_tiny, vit_small, resnet18, resnet50,
-            densenet121, convnext_atto, convnext_nano, convnext_tiny) or any timm model name.
-        num_classes: number of logits C.
-        img_size: ``H`` or ``(H, W)``; for ViTs the patch grid is ``(H // p, W // p)`` (any grid,
-            square or not). CNNs accept any size; it is stored in the config.
-        in_chans: image channels (1 for grey radiographs).
-        pretrained: False (random weights, the offline default), True (timm's pretrained weights:
+            densenet121, convnext_atto, convnext_nano, convnext_tiny), any timm model name, or
+            ``"xrv:<weights>"`` for a TorchXRayVision classifier (``workbench.models.xrv``: e.g.
+            ``"xrv:densenet121-res224-all"``; its own input scaling runs inside, so it takes [0, 1]
+            images like every other model; weights loaded by default).
+        num_classes: number of logits C (required for timm models; xrv: None keeps the weights'
+            outputs, another number puts a new head on).
+        img_size: ``H`` or ``(H, W)`` (default 224; xrv: the native resolution); for ViTs the patch
+            grid is ``(H // p, W // p)`` (any grid, square or not). CNNs accept any size; it is
+            stored in the config.
+        in_chans: image channels (1 for grey radiographs; default 3, xrv: 1).
+        pretrained: None or False (random weights, the offline default; xrv: None loads its weights), True (timm's pretrained weights:
             cached or from the hub), or the path of a local weights file (``.safetensors``,
             ``.pth``/``.bin``/``.pt``, ``.npz`` as timm reads them) of this architecture, e.g. a
             foundation model's backbone: loaded through timm, which drops a classifier of another
@@ -251,9 +256,15 @@ def create(name: str, num_classes: int, img_size: int | Sequence[int] = 224, in_
         >>> m.workbench_config["timm_name"]
         'vit_tiny_patch16_224'
     """
+    if isinstance(name, str) and name.startswith("xrv:"):
+        return _create_xrv(name, num_classes, img_size, in_chans, pretrained, attention, dcmm, drop_path_rate,
+                           normalize, kw)
     import timm
 
     timm_name = _resolve_name(name)
+    img_size = 224 if img_size is None else img_size
+    in_chans = 3 if in_chans is None else in_chans
+    pretrained = False if pretrained is None else pretrained
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int (2 for binary tasks); got {num_classes!r}.")
     if not isinstance(in_chans, int) or in_chans < 1:
@@ -316,6 +327,24 @@ def create(name: str, num_classes: int, img_size: int | Sequence[int] = 224, in_
         "drop_path_rate": float(drop_path_rate), "normalize": mean_std, "kw": copy.deepcopy(stored_kw),
     }
     return model
+
+
+def _create_xrv(name: str, num_classes: Any, img_size: Any, in_chans: Any, pretrained: Any, attention: str,
+                dcmm: Any, drop_path_rate: float, normalize: Any, kw: dict[str, Any]) -> torch.nn.Module:
+    """``create`` for TorchXRayVision names (``workbench.models.xrv``)."""
+    from .xrv import create_xrv
+    if attention != "standard" or dcmm:
+        raise ValueError(f"attention={attention!r} / dcmm apply to ViTs; {name} is a TorchXRayVision CNN.")
+    if normalize not in ("auto", None):
+        raise ValueError(f"{name} scales its inputs itself (TorchXRayVision's [-1024, 1024]); leave normalize unset.")
+    if drop_path_rate:
+        raise ValueError(f"drop_path_rate does not apply to {name}.")
+    cache_dir = kw.pop("cache_dir", None)
+    if kw:
+        raise TypeError(f"unexpected argument(s) {sorted(kw)} for {name}; it takes num_classes, img_size, in_chans, "
+                        "pretrained and cache_dir.")
+    return create_xrv(name, num_classes, img_size, 1 if in_chans is None else in_chans, pretrained=pretrained,
+                      cache_dir=cache_dir)
 
 
 def create_from_config(config: dict[str, Any]) -> torch.nn.Module:
