@@ -237,3 +237,42 @@ def test_sae_figures(planted, tmp_path):
     for f in figs + [fig]:
         assert f.axes
         plt.close(f)
+
+
+def test_latent_browser_redraws_on_controls(planted, tmp_path):
+    pytest.importorskip("ipywidgets")
+    import hashlib
+    import json
+
+    from workbench.widgets import latent_browser
+
+    data, model, _, sae = planted
+
+    def digest(img):
+        return hashlib.sha1(bytes(img.value)).hexdigest()
+
+    w = latent_browser(sae, model, data, indices=range(12), latent=CHANNELS.index("nodule"), n_top=3)
+    assert w.last_error is None, w.last_error
+    assert "wb-latents" in w._dom_classes and "wb-latent-heatmap" in w.heatmap._dom_classes
+    assert w.top_images(2) == [0, 3, 6] or all(data.labels[i] == 1 for i in w.top_images(2))
+    assert "nodule" in w.profile.value and "100%" in w.profile.value    # its whole mass is on the nodule
+    seen = {digest(w.heatmap)}
+    w.controls["next"].click()
+    assert w.controls["index"].value == 1 and w.last_error is None
+    for name, value in [("index", 3), ("alpha", 0.2), ("show_lung", not w.controls["show_lung"].value)]:
+        before = digest(w.heatmap)
+        w.controls[name].value = value
+        assert w.last_error is None and digest(w.heatmap) != before, name
+    top_before = digest(w.top)
+    # pick an image's strongest latent: the browser switches to it
+    strongest = [j for j, _ in w.strongest_latents(w.controls["index"].value)]
+    assert CHANNELS.index("lung") in strongest
+    w.strongest.value = CHANNELS.index("lung")
+    assert w.controls["latent"].value == CHANNELS.index("lung") and digest(w.top) != top_before
+    w.controls["format"].value = "svg"
+    w.controls["path"].value = str(tmp_path / "view")
+    w.controls["export"].click()
+    assert [p.suffix for p in w.last_export] == [".svg", ".json"]
+    assert json.loads(w.last_export[1].read_text())["params"]["latent"] == w.controls["latent"].value
+    with pytest.raises(ValueError, match="indices is empty"):
+        latent_browser(sae, model, data, indices=[])

@@ -211,3 +211,31 @@ def test_torchrun_two_processes_cache_their_shares_under_one_manifest(tmp_path):
     ref = wb.sae.cache(model, tiny_data(18), layer=1, out=tmp_path / "ref", shard_size=4, progress=False)
     for i in range(18):
         assert torch.equal(store.image(i), ref.image(i))
+
+
+def test_cli_sae_cache_train_atlas(tmp_path, capsys):
+    from workbench import cli
+
+    torch.manual_seed(0)
+    wb.models.save(tiny_vit(), tmp_path / "model")
+    common = ["--checkpoint", str(tmp_path / "model"), "--data", "phantom", "--n", "16", "--device", "cpu"]
+    assert cli.main(["sae", "cache", *common, "--layer", "0", "--out", str(tmp_path / "acts"), "--no-progress"]) == 0
+    cached = json.loads(capsys.readouterr().out)
+    assert cached["layer"] == "blocks.0" and cached["images"] == 16 and cached["tokens"] == 16 * 16
+    assert cli.main(["sae", "train", "--store", str(tmp_path / "acts"), "--out", str(tmp_path / "sae"), "--k", "4",
+                     "--expansion", "2", "--epochs", "2", "--batch-size", "64", "--device", "cpu",
+                     "--no-progress"]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["d_sae"] == 64 and 0 <= trained["final"]["fvu"] < 1.5
+    assert json.loads((tmp_path / "sae.log.json").read_text())["params"]["k"] == 4
+    assert cli.main(["sae", "atlas", *common, "--split", "train", "--sae", str(tmp_path / "sae"),
+                     "--out", str(tmp_path / "atlas"), "--top", "2"]) == 0
+    atlas = json.loads(capsys.readouterr().out)
+    assert {r["structure"] for r in atlas["best"]} >= {"left_lung", "heart", "device"}
+    for f in ("best.csv", "mass.csv", "fidelity.json", "atlas.png", "atlas.json"):
+        assert (tmp_path / "atlas" / f).exists(), f
+    # another model's store: one line on stderr, exit code 2
+    wb.models.save(tiny_vit(), tmp_path / "other")
+    rc = cli.main(["sae", "atlas", "--checkpoint", str(tmp_path / "other"), "--data", "phantom", "--n", "16",
+                   "--sae", str(tmp_path / "sae"), "--out", str(tmp_path / "x"), "--device", "cpu"])
+    assert rc == 2 and "another model" in capsys.readouterr().err

@@ -99,9 +99,13 @@ class SAE(nn.Module):
 
     # -- the four methods -----------------------------------------------------------------------
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., d) activations -> (..., d_sae) pre-activations ``(s x - b_dec) W_enc + b_enc``."""
+        """(..., d) activations -> (..., d_sae) pre-activations ``(s x - b_dec) W_enc + b_enc``.
+
+        Computed as ``(s x) W_enc + (b_enc - b_dec W_enc)``: the same numbers, but the gradient for
+        ``b_dec`` then costs a vector-matrix product instead of a batch-sized matrix product."""
         x = x.to(self.W_enc.dtype) * self.input_scale
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        return torch.addmm(self.b_enc - self.b_dec @ self.W_enc, x.reshape(-1, self.d), self.W_enc).view(
+            *x.shape[:-1], self.d_sae)
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """(..., d_sae) pre-activations -> sparse non-negative codes (the kind's rule)."""
@@ -113,7 +117,8 @@ class SAE(nn.Module):
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """(..., d_sae) codes -> (..., d) reconstruction in the input's units."""
-        return (codes @ self.W_dec + self.b_dec) / self.input_scale
+        flat = torch.addmm(self.b_dec, codes.reshape(-1, self.d_sae), self.W_dec)
+        return flat.view(*codes.shape[:-1], self.d) / self.input_scale
 
     def forward(self, x: torch.Tensor) -> SAEOutput:
         pre = self.pre_activations(x)

@@ -271,14 +271,14 @@ def train(store: Any, kind: str = "topk", expansion: float = 8, k: int | None = 
                 opt.step()
                 sae.normalize_decoder_()
                 with torch.no_grad():
-                    fired = (out.codes > 0).any(0)
-                    sae.tokens_since_fired.add_(xb.shape[0]).masked_fill_(fired, 0)
+                    active = out.codes > 0
+                    sae.tokens_since_fired.add_(xb.shape[0]).masked_fill_(active.any(0), 0)
                 seen += xb.shape[0]
                 step += 1
                 bar.update(1)
                 if step % log_every == 0 or step == steps:
                     row = {"step": step, "tokens": seen, "lr": opt.param_groups[0]["lr"], "loss": float(loss.detach()),
-                           "fvu": float(rec.detach()), "l0": float((out.codes > 0).float().sum(-1).mean()),
+                           "fvu": float(rec.detach()), "l0": float(active.sum()) / xb.shape[0],
                            "aux": float(aux.detach()), "dead_fraction": float(dead.float().mean())}
                     rows.append(row)
                     bar.set_postfix(fvu=f"{row['fvu']:.3f}", l0=f"{row['l0']:.1f}", dead=f"{row['dead_fraction']:.2f}")

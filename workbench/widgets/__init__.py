@@ -5,6 +5,8 @@ it once imported); ``workbench.widgets.<function>`` imports the module lazily (i
 only when a widget is used):
 
 - ``explorer(model, dataset)``: attention communities grouped by anatomy (``communities.py``).
+- ``latent_browser(sae, model, dataset)``: SAE latents, their top images, heatmaps and structure
+  profiles (``latents.py``).
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from typing import Any
 _EXPORTS = {
     "explorer": "communities",
     "Explorer": "communities",
+    "latent_browser": "latents",
+    "LatentBrowser": "latents",
 }
 
 __all__ = sorted(_EXPORTS)
