@@ -129,3 +129,75 @@ def test_explorer_in_jupyterlab(lab, tmp_path):
             raise AssertionError(f"browser test failed; screenshot in {shots}; cell outputs: {texts}")
         finally:
             browser.close()
+
+
+LATENTS_CELLS = [
+    "import torch, workbench as wb\n"
+    "from workbench.widgets import latent_browser\n"
+    "torch.manual_seed(0)\n"
+    "data = wb.data.load('phantom', split='test', n=12, size=32, progress=False)\n"
+    "model = wb.models.create('vit_tiny', num_classes=2, img_size=32, in_chans=1, patch_size=8, depth=2,\n"
+    "                         embed_dim=32, num_heads=2)\n"
+    "sae, log = wb.sae.train(wb.sae.activations(model, data, layer=0), 'topk', expansion=4, k=4, epochs=2,\n"
+    "                        batch_size=64, progress=False)",
+    "latent_browser(sae, model, data, n_top=4)",
+]
+
+
+def test_latent_browser_in_jupyterlab(lab, tmp_path):
+    """The SAE latent browser in a real JupyterLab: next image redraws the heatmap, picking one of
+    the image's strongest latents redraws the top-image strip."""
+    import nbformat
+    from playwright.sync_api import sync_playwright
+
+    url, root = lab
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in LATENTS_CELLS])
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nbformat.write(nb, root / "latents.ipynb")
+    shots = ROOT / "outputs" / "browser"
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(url.replace(NOTEBOOK, "latents.ipynb"))
+            page.wait_for_selector(".jp-NotebookPanel .jp-Notebook", timeout=120_000)
+            try:
+                page.locator(".jp-Dialog .jp-mod-accept").first.click(timeout=20_000)
+            except Exception:  # no dialog: the kernel started by itself
+                pass
+            page.wait_for_function("() => (document.querySelector('#jp-main-statusbar') || document.body)"
+                                   ".innerText.includes('Idle')", timeout=120_000)
+            page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+            page.locator('.lm-Menu-item[data-command="runmenu:run-all"], '
+                         '.lm-Menu-item[data-command="notebook:run-all-cells"]').first.click()
+            widget = page.locator(".wb-latents")
+            widget.wait_for(state="visible", timeout=300_000)
+            heat = page.locator(".wb-latents .wb-latent-heatmap").first
+            top = page.locator(".wb-latents .wb-latent-top").first
+            for img in (heat, top):
+                page.wait_for_function("(el) => el.getAttribute('src') && el.naturalWidth > 0",
+                                       arg=img.element_handle(), timeout=60_000)
+            widget.scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "latents_before.png"), full_page=False)
+            before = heat.get_attribute("src")
+            page.locator(".wb-latents .wb-latent-next").first.click()
+            page.wait_for_function("([el, old]) => el.getAttribute('src') !== old && el.naturalWidth > 0",
+                                   arg=[heat.element_handle(), before], timeout=60_000)
+            strip = top.get_attribute("src")
+            options = page.locator(".wb-latents .wb-latent-strongest select option")
+            assert options.count() >= 2, options.count()
+            page.locator(".wb-latents .wb-latent-strongest select").select_option(index=options.count() - 1)
+            page.wait_for_function("([el, old]) => el.getAttribute('src') !== old && el.naturalWidth > 0",
+                                   arg=[top.element_handle(), strip], timeout=60_000)
+            page.screenshot(path=str(shots / "latents_after.png"), full_page=False)
+            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'] .ansi-red-fg, "
+                                  ".jp-RenderedText[data-mime-type='application/vnd.jupyter.error']")
+            assert errors.count() == 0, errors.first.inner_text()
+        except Exception:
+            page.screenshot(path=str(shots / "latents_failure.png"), full_page=True)
+            outs = page.locator(".jp-OutputArea-output")
+            texts = [outs.nth(i).inner_text()[:500] for i in range(outs.count())]
+            raise AssertionError(f"browser test failed; screenshot in {shots}; cell outputs: {texts}")
+        finally:
+            browser.close()
