@@ -16,6 +16,7 @@ from torch import nn
 
 from ._core import MethodOutput, default_batch, image_chunks, register_method, select_target
 from .._image import gaussian_blur, reference_like
+from .baselines import BaselineSet, describe, resolve
 
 
 def _grad(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None):
@@ -70,31 +71,40 @@ def input_x_gradient(model: nn.Module, images: torch.Tensor, target: torch.Tenso
 
 @register_method("integrated_gradients", chunk=False)
 def integrated_gradients(model: nn.Module, images: torch.Tensor, target: torch.Tensor, *, n_steps: int = 32,
-                         baseline: Any = 0.0, integration: str = "gausslegendre",
+                         baseline: Any = 0.0, integration: str = "gausslegendre", seed: int | None = 0,
                          internal_batch_size: int | None = None) -> MethodOutput:
     """Integrated gradients (Sundararajan et al. 2017) via captum.
 
-    Baseline: zeros by default (black image, the natural "no signal" of radiographs in [0, 1]);
-    ``"blur"``, ``"mean"``, a number or a tensor also work. ``params["delta"]`` ``(B,)`` is
-    captum's completeness error ``sum(raw) - (f(x) - f(baseline))`` for the target logit; it
-    shrinks with ``n_steps``. Cost: ``n_steps`` forward+backward per image plus two forwards, in
-    passes of ``internal_batch_size`` inputs (default: ``default_batch``, about a million input
-    values per pass on a CPU). Map = sum over channels (signed).
+    ``baseline``: black (0) by default; ``"blur"``, ``"mean"``, ``"uniform"``, a number, a tensor, or a
+    :class:`~workbench.attribution.baselines.BaselineSet` (then expected gradients, Erion et al. 2021:
+    ``n_steps`` random (reference, position on the path) pairs per image, captum's GradientShap with
+    no noise; seeded by ``seed``). See :mod:`workbench.attribution.baselines`. ``params["delta"]``
+    ``(B,)`` is captum's completeness error ``sum(raw) - (f(x) - f(baseline))`` for the target logit
+    (deterministic baselines only); it shrinks with ``n_steps``. Cost: ``n_steps`` forward+backward
+    per image plus two forwards, in passes of ``internal_batch_size`` inputs (default:
+    ``default_batch``, about a million input values per pass on a CPU). Map = sum over channels (signed).
     """
-    from captum.attr import IntegratedGradients
+    from captum.attr import GradientShap, IntegratedGradients
 
-    base = baseline_like(images, baseline)
-    ig = IntegratedGradients(model)
+    base = resolve(images, baseline, seed=seed)
     ibs = internal_batch_size or default_batch(images)
+    params = {"n_steps": int(n_steps), "baseline": describe(baseline)}
     attrs, deltas = [], []
+    if isinstance(base, BaselineSet):
+        refs = base.images.to(images.device, images.dtype)
+        with _seeded(seed, images.device):
+            gs = GradientShap(model)
+            for sl in image_chunks(images.shape[0], int(n_steps), ibs):
+                attrs.append(gs.attribute(images[sl], baselines=refs, target=target[sl], n_samples=int(n_steps),
+                                          stdevs=0.0))
+        return MethodOutput(raw=torch.cat(attrs), params=params)
+    ig = IntegratedGradients(model)
     for sl in image_chunks(images.shape[0], 1, ibs):  # captum needs ibs >= images
         a, d = ig.attribute(images[sl], baselines=base[sl], target=target[sl], n_steps=int(n_steps),
                             method=integration, internal_batch_size=ibs, return_convergence_delta=True)
         attrs.append(a)
         deltas.append(d.detach())
-    attr, delta = torch.cat(attrs), torch.cat(deltas)
-    return MethodOutput(raw=attr, params={"delta": delta, "n_steps": int(n_steps),
-                                          "baseline": baseline if not isinstance(baseline, torch.Tensor) else "tensor"})
+    return MethodOutput(raw=torch.cat(attrs), params={"delta": torch.cat(deltas), **params})
 
 
 @register_method("smoothgrad", chunk=False)
@@ -152,36 +162,43 @@ def gradient_shap(model: nn.Module, images: torch.Tensor, target: torch.Tensor, 
     """GradientSHAP (captum): expected gradients over random points between x and baselines.
 
     ``baselines="zeros+blur"`` (default) draws from {black image} U {each image of the batch
-    blurred with sigma = H/8}, a distribution of "anatomy without detail"; ``"zeros"`` or a
-    ``(N, C, H, W)`` tensor also work. Cost: ``n_samples`` forward+backward per image, in passes
+    blurred with sigma = H/8}, a distribution of "anatomy without detail"; parts ``"zeros"``,
+    ``"blur"``, ``"mean"``, ``"uniform"`` joined by ``+``, an ``(N, C, H, W)`` tensor of references,
+    or a ``BaselineSet`` (training images: expected gradients) also work. Cost: ``n_samples`` forward+backward per image, in passes
     of whole images x ``n_samples`` up to ``internal_batch_size`` inputs (default
     :func:`default_batch`; all images at once before: 1.22-1.24x slower at 224 px on a 2-core CPU,
     unbounded memory). Samples are drawn per pass, so maps depend on the seed and this setting.
     """
     from captum.attr import GradientShap
 
-    if isinstance(baselines, str):
+    if isinstance(baselines, BaselineSet):
+        bl = resolve(images, baselines).images.to(images.device, images.dtype)  # all references, checked
+    elif isinstance(baselines, str):
         parts = []
         for p in baselines.split("+"):
-            if p == "zeros":
+            if p in ("zeros", "zero", "black"):
                 parts.append(torch.zeros_like(images[:1]))
             elif p == "blur":
                 parts.append(gaussian_blur(images, max(1.0, images.shape[-2] / 8)))
-            elif p == "uniform":
-                parts.append(torch.rand_like(images))
+            elif p in ("uniform", "mean"):
+                parts.append(resolve(images, p, seed=seed))
             else:
-                raise ValueError(f"baselines part {p!r} is not 'zeros', 'blur' or 'uniform'.")
+                raise ValueError(f"baselines part {p!r} is not 'zeros', 'blur', 'mean' or 'uniform' (join parts "
+                                 "with '+'); for training images pass baseline_set(train).")
         bl = torch.cat(parts)
     elif isinstance(baselines, torch.Tensor):
+        from .baselines import check_reference
+
+        check_reference(baselines, images, "baselines", per_image=False)
         bl = baselines.to(images)
     else:
-        raise TypeError(f"baselines must be a string or a tensor, got {type(baselines).__name__}.")
+        raise TypeError(f"baselines must be a string, a tensor or a BaselineSet, got {type(baselines).__name__}.")
     outs = []
     with _seeded(seed, images.device):
         gs = GradientShap(model)
         for sl in image_chunks(images.shape[0], n_samples, internal_batch_size or default_batch(images)):
             outs.append(gs.attribute(images[sl], baselines=bl, target=target[sl], n_samples=int(n_samples), stdevs=stdevs))
-    return MethodOutput(raw=torch.cat(outs), params={"n_baselines": int(bl.shape[0])})
+    return MethodOutput(raw=torch.cat(outs), params={"n_baselines": int(bl.shape[0]), "baselines": describe(baselines)})
 
 
 _INEXACT = (nn.GELU, nn.LayerNorm, nn.MultiheadAttention, nn.SiLU, nn.Hardswish)
@@ -189,8 +206,12 @@ _INEXACT = (nn.GELU, nn.LayerNorm, nn.MultiheadAttention, nn.SiLU, nn.Hardswish)
 
 @register_method("deeplift")
 def deeplift(model: nn.Module, images: torch.Tensor, target: torch.Tensor, *, baseline: Any = 0.0,
-             allow_inexact: bool = False) -> MethodOutput:
+             n_references: int = 8, seed: int | None = 0, allow_inexact: bool = False) -> MethodOutput:
     """DeepLIFT rescale rule (captum ``DeepLift``); map = sum over channels.
+
+    ``baseline`` as for integrated gradients (:mod:`workbench.attribution.baselines`); with a
+    ``BaselineSet`` it is DeepLIFT-SHAP (captum ``DeepLiftShap``: DeepLIFT averaged over
+    ``n_references`` references drawn from the set with ``seed``; cost x ``n_references``).
 
     Exact only for networks of ReLU-like nonlinearities, pooling and linear layers (CNNs such as
     ResNet). Transformers (GELU, LayerNorm, softmax attention computed functionally) get no
@@ -199,7 +220,7 @@ def deeplift(model: nn.Module, images: torch.Tensor, target: torch.Tensor, *, ba
     activations turned off (captum's hooks need that); the caller's model is not touched.
     ``params["delta"]`` is the summation-to-delta error.
     """
-    from captum.attr import DeepLift
+    from captum.attr import DeepLift, DeepLiftShap
 
     bad = sorted({type(m).__name__ for m in model.modules()
                   if isinstance(m, _INEXACT) or type(m).__name__ == "Attention"})
@@ -219,9 +240,16 @@ def deeplift(model: nn.Module, images: torch.Tensor, target: torch.Tensor, *, ba
                 m.inplace = False
     with warnings.catch_warnings():  # captum's notices about its own (temporary) hooks
         warnings.filterwarnings("ignore", message=".*(hooks|require gradients).*")
-        attr, delta = DeepLift(work).attribute(images, baselines=baseline_like(images, baseline), target=target,
-                                               return_convergence_delta=True)
-    return MethodOutput(raw=attr, params={"delta": delta.detach()})
+        base = resolve(images, baseline, seed=seed)
+        if isinstance(base, BaselineSet):
+            refs = base.sample(int(n_references), images, seed)
+            attr, delta = DeepLiftShap(work).attribute(images, baselines=refs, target=target,
+                                                       return_convergence_delta=True)
+            delta = delta.view(images.shape[0], -1).mean(1)
+        else:
+            attr, delta = DeepLift(work).attribute(images, baselines=base, target=target,
+                                                   return_convergence_delta=True)
+    return MethodOutput(raw=attr, params={"delta": delta.detach(), "baseline": describe(baseline)})
 
 
 def default_window(h: int, w: int) -> tuple[int, int]:
