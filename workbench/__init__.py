@@ -34,6 +34,7 @@ _EXPORTS = {
     "Attribution": "workbench.attribution:Attribution",
     "explain_dataset": "workbench.explain:explain_dataset",
     "resolve_device": "workbench._device:resolve_device",
+    "pruning": "workbench.pruning",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__", "communities", "Communities"]

@@ -43,6 +43,8 @@ def _arch(cfg: dict[str, Any]) -> str:
             f"img_size={cfg.get('img_size')}", f"in_chans={cfg.get('in_chans')}",
             f"attention={cfg.get('attention', 'standard')}"]
     bits += [f"{k}={v}" for k, v in sorted(extra.items())]
+    if cfg.get("pruning"):
+        bits.append("pruned")
     return ", ".join(bits)
 
 
@@ -125,7 +127,20 @@ def _read_weights(weights: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     return state, saved_cfg
 
 
-_ARCH_KEYS = ("timm_name", "num_classes", "img_size", "in_chans", "attention", "communities", "kw", "dcmm", "normalize")
+_ARCH_KEYS = ("timm_name", "num_classes", "img_size", "in_chans", "attention", "communities", "kw", "dcmm", "normalize",
+              "pruning")
+
+
+def _pruned_note(saved: dict[str, Any] | None, cfg: dict[str, Any]) -> str:
+    """A sentence for weights of a pruned model loaded into a dense one (or the other way round)."""
+    if saved is None or bool(saved.get("pruning")) == bool(cfg.get("pruning")):
+        return ""
+    if saved.get("pruning"):
+        steps = ", ".join(f"{h.get('ratio')} of its {h.get('unit')} units" for h in saved["pruning"].get("history", []))
+        return (f"The checkpoint holds a pruned model ({steps or 'pruned'} removed by workbench.pruning.prune), which "
+                "the dense architecture cannot take: load it with workbench.models.load(path), which rebuilds the "
+                "pruned shapes. ")
+    return "The checkpoint holds a dense model but the model it is loaded into was pruned. "
 
 
 def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
@@ -142,7 +157,7 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Mo
         src = _arch(saved_cfg) if saved_cfg else "an unknown architecture (no config in the file)"
         raise ValueError(
             f"checkpoint {weights} holds weights of {src}, which do not fit the model {_arch(cfg)}. "
-            f"Load it with workbench.models.load(path) to rebuild its own architecture, or create the "
+            f"{_pruned_note(saved_cfg, cfg)}Load it with workbench.models.load(path) to rebuild its own architecture, or create the "
             f"matching model. Details: {str(e).splitlines()[0]}") from e
     return model
 

@@ -348,16 +348,23 @@ def _create_xrv(name: str, num_classes: Any, img_size: Any, in_chans: Any, pretr
 
 
 def create_from_config(config: dict[str, Any]) -> torch.nn.Module:
-    """Rebuild a model from ``model.workbench_config`` (as saved by ``save``), never pretrained."""
+    """Rebuild a model from ``model.workbench_config`` (as saved by ``save``), never pretrained; a
+    pruned model's config (key ``pruning``) rebuilds its smaller shapes."""
     required = ("name", "num_classes", "img_size", "in_chans")
     missing = [k for k in required if k not in config]
     if missing:
         raise ValueError(f"model config lacks {missing}; it must hold at least {list(required)} "
                          "(write checkpoints with workbench.models.save).")
-    return create(config["name"], int(config["num_classes"]), tuple(config["img_size"]),
-                  int(config["in_chans"]), pretrained=False,
-                  attention=config.get("attention", "standard"),
-                  communities=int(config.get("communities", 4)), dcmm=config.get("dcmm") or None,
-                  drop_path_rate=float(config.get("drop_path_rate", 0.0)),
-                  normalize=config.get("normalize"),  # absent in checkpoints from before it existed
-                  **dict(config.get("kw") or {}))
+    model = create(config["name"], int(config["num_classes"]), tuple(config["img_size"]),
+                   int(config["in_chans"]), pretrained=False,
+                   attention=config.get("attention", "standard"),
+                   communities=int(config.get("communities", 4)), dcmm=config.get("dcmm") or None,
+                   drop_path_rate=float(config.get("drop_path_rate", 0.0)),
+                   normalize=config.get("normalize"),  # absent in checkpoints from before it existed
+                   **dict(config.get("kw") or {}))
+    if config.get("pruning"):  # a pruned model (workbench.pruning.prune): its recorded, smaller shapes
+        from workbench.pruning._prune import apply_shapes
+
+        apply_shapes(model, config["pruning"])
+        model.workbench_config = {**model.workbench_config, "pruning": copy.deepcopy(config["pruning"])}
+    return model
