@@ -176,6 +176,7 @@ def test_scores_every_batch_counts_per_class_and_halves(phantom):
     assert isinstance(whole.for_class("abnormal"), Scores)
 
 
+@pytest.mark.slow
 def test_anatomy_restricted_scores(phantom):
     m = _cnn()
     full = torch.ones(len(phantom), 32, 32, dtype=torch.bool)
@@ -243,3 +244,75 @@ def test_empty_calibration_set_and_mismatched_scores(batch):
         prune(m, s, ratio=0.5)
     with pytest.raises(ValueError, match="does not look at images"):
         scores(m, batch, criterion="random", per_class=True)
+
+
+# ------------------------------------------------------------------------------------------
+# report, sweep, CLI
+# ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_report_numbers_and_figure(phantom, tmp_path):
+    m = _cnn()
+    p = prune(m, scores(m, phantom, unit="channels", progress=False), ratio=0.5)
+    r = wb.pruning.report(m, p, phantom, n_explain=6, repeats=2, bootstrap=10, batches=(1, 4),
+                          method="input_x_gradient")
+    s = r.summary()
+    assert 0.2 < s["params_ratio"] < 0.3 and 0.2 < s["macs_ratio"] < 0.35  # 50% of channels: ~1/4 of the weights
+    assert set(r.latency) == {1, 4} and r.latency[4]["pruned"] > 0
+    assert list(r.per_class["class"]) and r.per_class["delta"].is_monotonic_increasing
+    assert set(r.budget["structure"]) >= {"left_lung", "heart", "outside"}
+    assert -1 <= r.rank_correlation <= 1
+    self_r = wb.pruning.report(m, m, phantom, n_explain=4, repeats=1, bootstrap=0, batches=(1,),
+                               method="input_x_gradient")
+    assert len(self_r.flips) == 0 and self_r.rank_correlation == pytest.approx(1.0)
+    assert float(self_r.budget["delta"].abs().max()) < 1e-6
+    import json
+
+    json.dumps(r.to_dict())
+    wb.viz.save_figure(r.plot(), tmp_path / "report.png")
+    assert (tmp_path / "report.png").exists()
+
+
+def test_sweep_table_areas_and_fine_tuning(phantom):
+    m = _vit(depth=1)
+    res = wb.pruning.sweep(m, phantom, phantom, unit="mlp", criteria=("weight_magnitude", "random"),
+                           ratios=(0.25, 0.75), train=phantom, epochs=1, fit_kw={"batch_size": 12}, progress=False)
+    t = res.table
+    assert len(t) == 1 + 2 * 2 * 2 and set(t["fine_tuned"]) == {False, True}
+    assert t[t["ratio"] == 0.75]["params"].max() < t[t["ratio"] == 0.25]["params"].min()
+    assert set(res.area["criterion"]) == {"weight_magnitude", "random"}
+    assert wb.pruning.curve_area([0.1, 0.9], [1.0, 0.0]) == pytest.approx(0.5)
+    res.plot()
+    assert len(m.blocks[0].mlp.fc1.weight) == 128  # the input model keeps its size
+
+
+def test_cli_prune_writes_checkpoint_report_and_scores(tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    from workbench import cli
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for s, n in (("train", 32), ("val", 8), ("test", 16)):
+        y = np.arange(n) % 2
+        x = (rng.random((n, 32, 32)) * 120).astype(np.uint8)
+        x[y == 1, 8:20, 8:20] += 120
+        arrays[f"{s}_images"], arrays[f"{s}_labels"] = x, y[:, None]
+    np.savez(tmp_path / "tiny.npz", **arrays)
+    m = _vit(depth=1)
+    wb.models.save(m, tmp_path / "dense")
+    out = tmp_path / "pruned"
+    rc = cli.main(["prune", "--checkpoint", str(tmp_path / "dense"), "--data", str(tmp_path / "tiny.npz"),
+                   "--ratio", "0.5", "--criterion", "gradient_x_activation", "--out", str(out), "--n-explain", "4",
+                   "--repeats", "1", "--bootstrap", "10", "--no-progress", "--device", "cpu"])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["unit"] == "mlp" and 0 < printed["report"]["params_ratio"] < 1
+    for f in ("model.safetensors", "model.json", "report.json", "report.png", "scores.json"):
+        assert (out / f).exists(), f
+    small = wb.models.load(out / "model")
+    assert small.blocks[0].mlp.fc1.out_features == 64
+    rc = cli.main(["prune", "--checkpoint", str(tmp_path / "dense"), "--data", str(tmp_path / "tiny.npz"),
+                   "--ratio", "1.5", "--out", str(out), "--no-report", "--no-progress", "--device", "cpu"])
+    assert rc == 2 and "strictly between 0 and 1" in capsys.readouterr().err

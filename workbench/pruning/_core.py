@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import check_choice, check_dataset, check_device, check_int, check_model
 from .._device import model_on
 from ._units import UNITS, Probe, UnitSet, require_units
 from .criteria import CRITERIA
@@ -276,16 +277,15 @@ def scores(model: nn.Module, data: Any, unit: str = "mlp", criterion: str = "gra
 
     from .._train_data import BatchSource, as_source, task_of
 
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch nn.Module; got {type(model).__name__}.")
+    check_model(model)
     crit = CRITERIA.get(criterion)
     if unit not in UNITS:
         raise ValueError(f"unknown unit kind {unit!r}; valid kinds are: {', '.join(UNITS)}.")
-    if where not in WHERE:
-        raise ValueError(f"where must be one of {WHERE}; got {where!r}.")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
-    run, dev = model_on(model, device)
+    check_choice(where, "where", WHERE)
+    check_int(batch_size, "batch_size")
+    if data is not None and crit.needs_data:
+        check_dataset(data, name="the calibration set")
+    run, dev = model_on(model, None if device is None else check_device(device))
     if crit.per_image and any(getattr(m, "inplace", False) for m in run.modules()):
         run = copy.deepcopy(run)  # in-place activations (ResNet's ReLU) overwrite the recorded layer outputs
         for m in run.modules():
@@ -318,8 +318,6 @@ def scores(model: nn.Module, data: Any, unit: str = "mlp", criterion: str = "gra
         if data is None:
             raise ValueError(f"criterion {criterion!r} needs calibration data; pass a dataset or (images, labels).")
         src = as_source(data)
-        if len(src) == 0:
-            raise ValueError("the calibration set is empty; pass at least one image (a few hundred are typical).")
         task = task_of(src) if not torch.is_tensor(data) else "multiclass"
         has_labels = not torch.is_tensor(data)
         num_classes = int(getattr(run, "workbench_config", {}).get("num_classes", 0)) or None

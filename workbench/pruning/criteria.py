@@ -20,7 +20,8 @@ gradient_x_activation    image        activation x gradient of the target logit 
 integrated_gradients     image        captum ``LayerIntegratedGradients`` at the unit's layer, black-image
                                       baseline, ``n_steps=16``; one IG run per layer (captum cannot
                                       attribute to dependent layers at once)
-lrp                      image        LRP relevance at the unit (zennit, ``workbench.attribution.methods_lrp``)
+lrp                      image        LRP relevance at the unit (zennit composites with canonizers, the code of
+                                      the attribution method ``"lrp"``; CNNs it supports)
 dl_backtrace             image        DL-Backtrace relevance (optional ``dl-backtrace`` package, see below)
 mean_activation          image        |activation| (no gradient)
 weight_magnitude         model        L2 norm of each unit's incoming weights (fc1 row, the head's
@@ -146,6 +147,25 @@ def integrated_gradients(model: nn.Module, images: torch.Tensor, target: torch.T
                                                            attribute_to_layer_input=at_input)
         out.append(_first(a).detach())
     return out
+
+
+@register_criterion("lrp", per_image=True)
+def lrp(model: nn.Module, images: torch.Tensor, target: torch.Tensor, layers: Layers, *,
+        composite: str = "epsilon_plus_flat", **kw: Any) -> list[torch.Tensor]:
+    """LRP relevance at each unit's layer: the same zennit implementation as the attribution method
+    ``"lrp"`` (``workbench.attribution.methods_lrp.lrp_relevance``; composites with canonizers for
+    timm/torchvision ResNets and VGG-style CNNs). One forward and one modified backward per batch.
+    CNN channels only: zennit has no rules for a ViT's LayerNorm, GELU and attention."""
+    from workbench.attribution.methods_lrp import lrp_relevance
+
+    if any(use_input for _, use_input in layers):
+        raise ValueError("LRP scores convolution channels of CNNs (zennit has no rules for a ViT's LayerNorm, "
+                         "GELU and softmax attention); for ViT MLPs and heads use 'gradient_x_activation' or "
+                         "'integrated_gradients'.")
+    names = {m: n for n, m in model.named_modules()}
+    wanted = [names[m] for m, _ in layers]
+    rel = lrp_relevance(model, images, target, layers=wanted, composite=composite, **kw)
+    return [rel.layers[n] for n in wanted]
 
 
 @register_criterion("dl_backtrace", per_image=True)

@@ -27,6 +27,10 @@ _EXPORTS = {
     "sae_training": "workbench.viz.sae", "latent_heatmap": "workbench.viz.sae", "latent_grid": "workbench.viz.sae",
     "atlas_bars": "workbench.viz.sae", "atlas_matrix": "workbench.viz.sae", "class_latent_bars": "workbench.viz.sae",
     "intervention_curves": "workbench.viz.sae",
+    # pruning (issue 14)
+    "score_profile": "workbench.viz.pruning",
+    "sweep_curves": "workbench.viz.pruning",
+    "report_figure": "workbench.viz.pruning",
 }
 
 
