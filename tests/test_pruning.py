@@ -219,7 +219,7 @@ def test_ratio_outside_open_interval(batch, ratio):
 def test_ratio_that_empties_a_layer(batch):
     m = _vit(depth=1, heads=2)
     s = scores(m, None, unit="heads", criterion="random")
-    with pytest.raises(ValueError, match="would remove all 2 heads units of blocks.0.attn"):
+    with pytest.raises(ValueError, match="would remove all 2 heads of blocks.0.attn"):
         prune(m, s, ratio=0.8)
 
 
@@ -272,6 +272,7 @@ def test_report_numbers_and_figure(phantom, tmp_path):
     assert (tmp_path / "report.png").exists()
 
 
+@pytest.mark.slow
 def test_sweep_table_areas_and_fine_tuning(phantom):
     m = _vit(depth=1)
     res = wb.pruning.sweep(m, phantom, phantom, unit="mlp", criteria=("weight_magnitude", "random"),
@@ -285,6 +286,7 @@ def test_sweep_table_areas_and_fine_tuning(phantom):
     assert len(m.blocks[0].mlp.fc1.weight) == 128  # the input model keeps its size
 
 
+@pytest.mark.slow
 def test_cli_prune_writes_checkpoint_report_and_scores(tmp_path, capsys):
     import json
 
@@ -316,3 +318,25 @@ def test_cli_prune_writes_checkpoint_report_and_scores(tmp_path, capsys):
     rc = cli.main(["prune", "--checkpoint", str(tmp_path / "dense"), "--data", str(tmp_path / "tiny.npz"),
                    "--ratio", "1.5", "--out", str(out), "--no-report", "--no-progress", "--device", "cpu"])
     assert rc == 2 and "strictly between 0 and 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_pruner_widget_follows_its_controls(phantom):
+    pytest.importorskip("ipywidgets")
+    from workbench.widgets import pruner
+
+    w = pruner(_vit(depth=1), phantom, phantom, ratio=0.5, criteria=("weight_magnitude", "random"),
+               criterion="weight_magnitude")
+    assert w.last_error is None and w.image.value and "AUC pruned" in w.metrics.value
+    first, png = dict(w.state), bytes(w.image.value)
+    assert first["params_ratio"] < 1 and first["unit"] == "mlp"
+    w.controls["ratio"].value = 0.8
+    assert w.state["params_ratio"] < first["params_ratio"] and bytes(w.image.value) != png
+    w.controls["unit"].value = "heads"  # 80% of 2 heads would empty the layer: said in the widget
+    assert "would remove all 2 heads" in w.last_error and w.state["unit"] == "mlp"
+    w.controls["ratio"].value = 0.5
+    assert w.state["unit"] == "heads" and w.last_error is None
+    w.controls["index"].value = 3
+    assert w.state["index"] == 3 and w.last_error is None
+    w.controls["unit"].value = "mlp"  # back to a cached setting
+    assert w.state["params_ratio"] == pytest.approx(first["params_ratio"])

@@ -20,9 +20,9 @@ from ._core import Scores, scores
 from ._prune import ScoreImportance, prune
 from ._units import UNITS, find_units, kinds_of
 from .criteria import CRITERIA, register_criterion
-from .report import PruneReport, latency, report, size
+from .report import PruneReport, audit_gap, latency, report, size
 from .sweep import SweepResult, curve_area, sweep
 
 __all__ = ["scores", "Scores", "prune", "ScoreImportance", "CRITERIA", "register_criterion", "UNITS",
-           "find_units", "kinds_of", "report", "PruneReport", "latency", "size", "sweep", "SweepResult",
+           "find_units", "kinds_of", "report", "PruneReport", "latency", "size", "audit_gap", "sweep", "SweepResult",
            "curve_area"]

@@ -27,6 +27,7 @@ from ._units import UnitSet, dependency_graph, example_input, quiet_tp, require_
 __all__ = ["prune", "ScoreImportance", "apply_shapes", "shape_record", "SCOPES"]
 
 SCOPES = ("layer", "global")
+_NOUN = {"mlp": "MLP units", "heads": "heads", "channels": "channels"}
 _ATTRS = ("in_features", "out_features", "in_channels", "out_channels", "groups", "num_features",
           "normalized_shape", "num_heads", "head_dim", "attn_dim", "head_hidden_size")
 
@@ -61,7 +62,7 @@ def select_units(scores: Scores, sets: Sequence[UnitSet], ratio: float, scope: s
         for s in sets:
             k = _n_remove(ratio, s.size)
             if k >= s.size:
-                raise ValueError(f"ratio {ratio} would remove all {s.size} {s.kind} units of {s.key}; use a smaller "
+                raise ValueError(f"ratio {ratio} would remove all {s.size} {_NOUN[s.kind]} of {s.key}; use a smaller "
                                  f"ratio (at most {(s.size - 0.5) / s.size - 1e-9:.3f} keeps one unit).")
             order = torch.argsort(sign * scores.values[s.key].float(), stable=True)
             out[s.key] = sorted(order[:k].tolist())
@@ -81,7 +82,7 @@ def select_units(scores: Scores, sets: Sequence[UnitSet], ratio: float, scope: s
         out[key].append(i)
     for s in sets:
         if len(out[s.key]) >= s.size:
-            raise ValueError(f"global pruning at ratio {ratio} would remove all {s.size} {s.kind} units of {s.key} "
+            raise ValueError(f"global pruning at ratio {ratio} would remove all {s.size} {_NOUN[s.kind]} of {s.key} "
                              "(its scores are the lowest of the model); use scope='layer' or a smaller ratio.")
         out[s.key].sort()
     return out

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["PruneReport", "report", "latency", "size"]
+__all__ = ["PruneReport", "report", "latency", "size", "audit_gap"]
 
 
 def size(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
@@ -238,3 +238,18 @@ def _images(src: Any, batch_size: int, device: torch.device) -> Any:
     from workbench._train_data import BatchSource
 
     yield from (b["image"] for b in BatchSource(src, batch_size, device, 0, keep_on_device=False)(shuffle=False))
+
+
+def audit_gap(model: nn.Module, data: Any, by: str = "device", *, device: str | torch.device | None = None) -> float:
+    """The shortcut audit's gap: accuracy on positive images with ``by`` present minus without it
+    (``workbench.evaluation.subgroup_metrics`` on label-1 samples). A model that learned a planted
+    device shortcut scores well above 0 on an unbiased test set; pruning the units most relevant on
+    the device should bring it towards 0."""
+    from workbench.evaluation.shortcut import subgroup_metrics
+
+    t = subgroup_metrics(model, data, by=by, positives_only=True, bootstrap=0, device=device)
+    t = t[t["group"] != "all"]
+    acc = {bool(g) if isinstance(g, (bool, np.bool_)) else g: a for g, a in zip(t["group"], t["accuracy"])}
+    if True not in acc or False not in acc:
+        raise ValueError(f"audit_gap needs positive images with and without {by!r}; groups found: {list(acc)}.")
+    return float(acc[True] - acc[False])

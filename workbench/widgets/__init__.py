@@ -7,6 +7,8 @@ only when a widget is used):
 - ``explorer(model, dataset)``: attention communities grouped by anatomy (``communities.py``).
 - ``latent_browser(sae, model, dataset)``: SAE latents, their top images, heatmaps and structure
   profiles (``latents.py``).
+- ``pruner(model, calibration, test)``: pruning ratio, criterion and unit -> AUC, latency, size and
+  relevance maps before/after with anatomy contours (``prune_view.py``).
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ _EXPORTS = {
     "Explorer": "communities",
     "latent_browser": "latents",
     "LatentBrowser": "latents",
+    "pruner": "prune_view",
+    "Pruner": "prune_view",
 }
 
 __all__ = sorted(_EXPORTS)
