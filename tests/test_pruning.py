@@ -174,6 +174,8 @@ def test_scores_every_batch_counts_per_class_and_halves(phantom):
     assert -1 <= whole.stability["overall"] <= 1
     assert whole.params["n_half"] == [12, 12]
     assert isinstance(whole.for_class("abnormal"), Scores)
+    assert list(whole.table()["layer"]) == whole.layers
+    whole.plot()
 
 
 @pytest.mark.slow
