@@ -76,11 +76,9 @@ if model is None:  # no demo checkpoint: train a quick, weaker model (`make demo
 # anatomy, and names each community by the structure holding most of its mass.
 
 # %%
-batch = test.batch(range(4))
-comms = wb.communities(model, batch["image"], k=K, method="mixed_score")
-fig = wb.viz.community_overlay(batch["image"], comms, index=0, masks=batch,
-                               structures=["left_lung", "right_lung", "heart", "mediastinum", "diaphragm"])
-wb.viz.save_figure(fig, f"{OUT}/attention_communities", params={"k": K, "source": SOURCE})
+fig = wb.viz.draw("community_overlay", model, test, indices=[0, 1, 2, 3], k=K,
+                  structures=["left_lung", "right_lung", "heart", "mediastinum", "diaphragm"])
+wb.viz.save_figure(fig, f"{OUT}/attention_communities")   # PNG, PDF, SVG and a sidecar that rebuilds it
 
 # %% [markdown]
 # How well the communities follow anatomy, per image: adjusted Rand index and normalised mutual
@@ -88,7 +86,8 @@ wb.viz.save_figure(fig, f"{OUT}/attention_communities", params={"k": K, "source"
 # 0 = chance), and purity; the table is each community's share of mass per structure.
 
 # %%
-align = wb.evaluation.anatomy_alignment(comms, batch)
+batch = test.batch(range(4))
+align = wb.evaluation.anatomy_alignment(wb.communities(model, batch["image"], k=K), batch)
 print(f"ARI {align.ari:.2f}, NMI {align.nmi:.2f}, purity {align.purity:.2f}")
 align.table.round(2)
 
@@ -115,12 +114,30 @@ wb.evaluate(model, test, bootstrap=200).to_dict()
 # over abnormal test images, with 95% bootstrap CIs.
 
 # %%
-abnormal = test.batch((test.labels == 1).nonzero().flatten()[:32])
-relevance = wb.attribute(model, abnormal["image"], target=1, method="chefer")
-fig = wb.viz.attribution_grid(abnormal, {"chefer": relevance}, indices=range(min(4, len(abnormal["image"]))),
-                              structures=["nodule", "effusion", "pneumothorax", "consolidation"])
+abnormal = (test.labels == 1).nonzero().flatten()[:32].tolist()
+findings = ["nodule", "effusion", "pneumothorax", "consolidation"]
+fig = wb.viz.draw("attribution_grid", model, test, indices=abnormal[:4], methods=["chefer"], target=1,
+                  structures=findings)
 
 # %%
-budget = wb.evaluation.cohort_budget(relevance, abnormal, bootstrap=200)
-fig = wb.viz.budget_bars(budget, title="Where the ViT looks on abnormal images")
-wb.viz.save_figure(fig, f"{OUT}/relevance_by_structure", params={"method": "chefer"})
+fig = wb.viz.draw("budget_bars", model, test, indices=abnormal, methods=["chefer"], target=1, bootstrap=200,
+                  structures=["left_lung", "right_lung", "heart", "mediastinum", "diaphragm", *findings],
+                  title="Where the ViT looks on abnormal images")
+wb.viz.save_figure(fig, f"{OUT}/relevance_by_structure")
+
+# %% [markdown]
+# ## For a paper or a class
+# The same figure in a paper's style (one column, 88 mm, 7-8 pt text, 600 dpi) or for slides
+# (16 pt text); `columns=2` gives a two-column figure. Each saved figure's sidecar (`.json`)
+# records the recipe, its parameters, the checkpoint and data (with their SHA-256) and the
+# style, so it rebuilds exactly: `workbench figure rebuild ../outputs/quickstart/overlay_paper.json`
+# (it refuses if the checkpoint or the data changed).
+
+# %%
+with wb.viz.style("paper"):
+    fig = wb.viz.draw("community_overlay", model, test, indices=[0, 1, 2, 3], k=K,
+                      structures=["left_lung", "right_lung", "heart"])
+wb.viz.save_figure(fig, f"{OUT}/overlay_paper")
+
+# %%
+wb.viz.rebuild(f"{OUT}/overlay_paper.json")

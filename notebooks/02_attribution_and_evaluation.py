@@ -51,8 +51,7 @@ OUT = "../outputs/attribution"
 # %%
 import pandas as pd
 import workbench as wb
-from workbench.evaluation import (evaluate_localisation, cohort_budget, deletion_insertion,
-                                  randomisation_test)
+from workbench.evaluation import evaluate_localisation, randomisation_test
 
 train = wb.data.load("phantom", split="train", n=N_TRAIN, size=SIZE, **PHANTOM)
 test = wb.data.load("phantom", split="test", n=N_TEST, size=SIZE, **PHANTOM)
@@ -65,6 +64,7 @@ cnn = wb.models.create("resnet18", num_classes=2, img_size=SIZE, in_chans=1)
 wb.fit(cnn, train, epochs=EPOCHS, batch_size=16, lr=1e-3, device=DEVICE)
 vit = wb.models.create("vit_tiny", num_classes=2, img_size=SIZE, in_chans=1, patch_size=8)
 wb.fit(vit, train, epochs=EPOCHS, batch_size=16, lr=5e-4, device=DEVICE)
+wb.models.save(cnn, f"{OUT}/cnn"), wb.models.save(vit, f"{OUT}/vit")   # saved figures rebuild from these
 {"cnn": wb.evaluate(cnn, test).auc, "vit": wb.evaluate(vit, test).auc}
 
 # %% [markdown]
@@ -77,11 +77,10 @@ wb.fit(vit, train, epochs=EPOCHS, batch_size=16, lr=5e-4, device=DEVICE)
 # slides a blurred patch over the image and records how much the logit drops.
 
 # %%
-idx = ((test.labels == 1) & test.masks["nodule"].flatten(1).any(1)).nonzero().flatten()[:N_SHOW]
-batch = test.batch(idx)
-atts = {m: wb.attribute(cnn, batch["image"], target=1, method=m) for m in METHODS}
-fig = wb.viz.attribution_grid(batch, atts, structures=["left_lung", "right_lung", "heart", "nodule"])
-wb.viz.save_figure(fig, f"{OUT}/method_grid_cnn", params={"methods": METHODS, "size": SIZE})
+idx = ((test.labels == 1) & test.masks["nodule"].flatten(1).any(1)).nonzero().flatten()[:N_SHOW].tolist()
+fig = wb.viz.draw("attribution_grid", cnn, test, indices=idx, methods=METHODS, target=1,
+                  structures=["left_lung", "right_lung", "heart", "nodule"])
+wb.viz.save_figure(fig, f"{OUT}/method_grid_cnn")
 
 # %% [markdown]
 # ## Localisation against the finding masks
@@ -92,6 +91,8 @@ wb.viz.save_figure(fig, f"{OUT}/method_grid_cnn", params={"methods": METHODS, "s
 # structure (empty masks are excluded and counted in `n_excluded`).
 
 # %%
+batch = test.batch(idx)
+atts = {m: wb.attribute(cnn, batch["image"], target=1, method=m) for m in METHODS}
 findings = {k: batch["masks"][k] for k in ("nodule", "effusion", "pneumothorax", "consolidation")}
 pd.concat({m: evaluate_localisation(a, findings) for m, a in atts.items()}).round(3)
 
@@ -103,13 +104,9 @@ pd.concat({m: evaluate_localisation(a, findings) for m, a in atts.items()}).roun
 
 # %%
 anatomy = ["left_lung", "right_lung", "heart", "mediastinum", "diaphragm", "nodule", "device"]
-masks = {"masks": {k: batch["masks"][k] for k in anatomy},
-         "mask_present": {k: batch["mask_present"][k] for k in anatomy}}
-budgets = {name: cohort_budget(wb.attribute(m, batch["image"], target=1, method="integrated_gradients"),
-                               masks, bootstrap=500)
-           for name, m in {"cnn": cnn, "vit": vit}.items()}
-fig = wb.viz.budget_bars(budgets)
-wb.viz.save_figure(fig, f"{OUT}/budget_phantom", params={"method": "integrated_gradients"})
+fig = wb.viz.draw("budget_bars", {"cnn": cnn, "vit": vit}, test, indices=idx, methods=["integrated_gradients"],
+                  target=1, structures=anatomy, bootstrap=500)
+wb.viz.save_figure(fig, f"{OUT}/budget_phantom")
 
 # %% [markdown]
 # ## Faithfulness: deletion (solid, lower is better) and insertion (dashed, higher is better)
@@ -119,9 +116,8 @@ wb.viz.save_figure(fig, f"{OUT}/budget_phantom", params={"method": "integrated_g
 # The area under each curve summarises it.
 
 # %%
-faith = {m: deletion_insertion(cnn, batch["image"], a, steps=10) for m, a in atts.items()}
-fig = wb.viz.deletion_curves(faith)
-wb.viz.save_figure(fig, f"{OUT}/deletion_insertion", params={"steps": 10, "baseline": "blur"})
+fig = wb.viz.draw("deletion_curves", cnn, test, indices=idx, methods=METHODS, target=1, steps=10)
+wb.viz.save_figure(fig, f"{OUT}/deletion_insertion")
 
 # %% [markdown]
 # ## Sanity: cascading randomisation
@@ -148,9 +144,7 @@ real
 
 # %%
 if real is not None:
-    rb = real.batch(range(len(real)))
     names = ["left_lung", "right_lung", "cardiomediastinum", "airways", "ground_glass_opacity", "device"]
-    rmasks = {"masks": {k: rb["masks"][k] for k in names}, "mask_present": {k: rb["mask_present"][k] for k in names}}
-    real_budget = cohort_budget(wb.attribute(cnn, rb["image"], target=1, method="integrated_gradients"), rmasks)
-    fig = wb.viz.budget_bars(real_budget, title="cxr_anatomy, phantom-trained CNN")
-    wb.viz.save_figure(fig, f"{OUT}/budget_real", params={"n": len(rb["id"])})
+    fig = wb.viz.draw("budget_bars", cnn, real, methods=["integrated_gradients"], target=1, structures=names,
+                      title="cxr_anatomy, phantom-trained CNN")
+    wb.viz.save_figure(fig, f"{OUT}/budget_real")

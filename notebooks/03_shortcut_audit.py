@@ -66,6 +66,7 @@ models = {}
 for name, data in {"shortcut": biased, "clean": clean}.items():
     models[name] = wb.models.create("resnet18", num_classes=2, img_size=SIZE, in_chans=1)
     wb.fit(models[name], data, epochs=EPOCHS, batch_size=16, lr=1e-3, device=DEVICE)
+    wb.models.save(models[name], f"{OUT}/{name}")   # saved figures rebuild from these
 {name: wb.evaluate(m, test).auc for name, m in models.items()}
 
 # %% [markdown]
@@ -104,8 +105,10 @@ audits["shortcut"].positives.round(3)
 audits["shortcut"].mask_of_truth.round(3)
 
 # %%
-fig = audits["shortcut"].plot()
-wb.viz.save_figure(fig, f"{OUT}/audit_shortcut", params={"shortcut": SHORTCUT, "method": METHOD})
+fig = wb.viz.draw("audit_figure", models["shortcut"], test, structures=["left_lung", "right_lung"],
+                  groups=["device", "site"], method=METHOD, budget_structures=budget_on, n_budget=N_BUDGET,
+                  target=1, bootstrap=BOOTSTRAP)
+wb.viz.save_figure(fig, f"{OUT}/audit_shortcut", params={"shortcut": SHORTCUT})
 
 # %% [markdown]
 # ## Compared with the model trained without the shortcut
@@ -117,12 +120,12 @@ pd.concat({name: a.gaps.set_index("by")["gap"] for name, a in audits.items()}, a
 
 # %%
 dev = [i for i, m in enumerate(test.meta) if m["device"]][:N_BUDGET]
-db = test.batch(dev)
-budgets = {name: cohort_budget(wb.attribute(m, db["image"], target=1, method=METHOD),
-                               {k: db["masks"][k] for k in budget_on}, bootstrap=BOOTSTRAP)
-           for name, m in models.items()}
-fig = wb.viz.budget_bars(budgets, title="Relevance budget on images with a drain")
-wb.viz.save_figure(fig, f"{OUT}/budget_shortcut_vs_clean", params={"method": METHOD})
+fig = wb.viz.draw("budget_bars", models, test, indices=dev, methods=[METHOD], target=1, structures=budget_on,
+                  bootstrap=BOOTSTRAP, title="Relevance budget on images with a drain")
+wb.viz.save_figure(fig, f"{OUT}/budget_shortcut_vs_clean")
 
 # %%
-pd.concat(budgets).round(3)
+db = test.batch(dev)
+pd.concat({name: cohort_budget(wb.attribute(m, db["image"], target=1, method=METHOD),
+                               {k: db["masks"][k] for k in budget_on}, bootstrap=BOOTSTRAP)
+           for name, m in models.items()}).round(3)

@@ -17,7 +17,7 @@ from workbench.cli.demo import DEMO_DEFAULTS, DEMO_QUICK, run_demo
 __all__ = ["main", "build_parser", "run_demo", "DEMO_DEFAULTS", "DEMO_QUICK", "COMMANDS"]
 
 # subcommand modules, in the order ``--help`` lists them
-COMMANDS = ("demo", "train", "evaluate", "notebook", "explain", "sae", "prune")
+COMMANDS = ("demo", "train", "evaluate", "notebook", "figure", "explain", "sae", "prune")
 
 # errors a user can fix from the message alone: one line, exit code 2 (``--debug``: traceback)
 EXPECTED_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError,

@@ -23,35 +23,31 @@ DEMO_FINDINGS = ("nodule", "effusion", "pneumothorax", "consolidation")
 
 
 def _demo_figures(out: Path, model: Any, test: Any, report: dict[str, Any]) -> None:
-    """Gallery and the anatomy-grouped attention overlay, each skipped with a note if unavailable."""
+    """Gallery and the anatomy-grouped attention overlay, each skipped with a note if unavailable.
+
+    Every figure is drawn from a recipe (``workbench.viz.draw``) of the saved checkpoint and the
+    phantom's load arguments, so ``workbench figure rebuild out/<figure>.json`` draws it again."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import torch
 
     from workbench import viz
 
-    idx = list(range(min(8, len(test))))
-    batch = test.batch(idx)
+    batch = test.batch(list(range(min(8, len(test)))))
     structures = [s for s in DEMO_STRUCTURES if s in batch["masks"]]
-    def gallery() -> None:
-        fig = viz.gallery(test, n=8)
-        viz.save_figure(fig, out / "gallery.png", params={"n": 8})
+
+    def save(fig: Any, name: str, **params: Any) -> None:
+        viz.save_figure(fig, out / name, params=params)
         plt.close(fig)
-        report["figures"].append("gallery.png")
+        report["figures"].append(name)
+
+    def gallery() -> None:
+        save(viz.draw("gallery", data=test, n=8), "gallery.png")
 
     def overlay() -> None:
-        from workbench.communities import communities
-
-        model.eval()
-        with torch.no_grad():
-            comm = communities(model, batch["image"][:4], k=4, method="mixed_score")
-        fig = viz.community_overlay(batch["image"], comm, 0, masks=batch, structures=structures)
-        viz.save_figure(fig, out / "attention_communities.png", params={"k": 4, "method": "mixed_score",
-                                                                      "index": 0})
-        plt.close(fig)
-        report["figures"].append("attention_communities.png")
+        save(viz.draw("community_overlay", model, test, indices=list(range(min(4, len(test)))), k=4,
+                      method="mixed_score", structures=structures), "attention_communities.png")
 
     for what, draw in (("phantom gallery", gallery), ("anatomy-grouped attention overlay", overlay),
                        ("relevance-by-structure figures", lambda: _demo_relevance(out, model, test, structures, report))):
@@ -72,26 +68,28 @@ def _demo_relevance(out: Path, model: Any, test: Any, structures: list[str], rep
     from workbench.attribution import attribute
     from workbench.evaluation import cohort_budget
 
-    abnormal = torch.nonzero(test.labels == 1).flatten()[:64]
-    if len(abnormal) == 0:
+    abnormal = torch.nonzero(test.labels == 1).flatten()[:64].tolist()
+    if not abnormal:
         return
+    methods = ["chefer", "attention_rollout"]
     batch = test.batch(abnormal)
-    atts = {m: attribute(model, batch["image"], target=1, method=m) for m in ("chefer", "attention_rollout")}
     findings = [f for f in DEMO_FINDINGS if f in batch["masks"]]
     outlined = findings + ["cardiomegaly"] * ("cardiomegaly" in batch["masks"])  # its mask is the heart
-    fig = viz.attribution_grid(batch["image"], atts, masks=batch["masks"], structures=outlined,
-                               indices=list(range(min(6, len(abnormal)))))
-    viz.save_figure(fig, out / "relevance_grid.png", params={"methods": list(atts), "target": 1})
+    fig = viz.draw("attribution_grid", model, test, indices=abnormal[:6], methods=methods, target=1,
+                   structures=outlined)
+    viz.save_figure(fig, out / "relevance_grid.png")
     plt.close(fig)
     report["figures"].append("relevance_grid.png")
-    masks = {k: batch["masks"][k] for k in (*structures, *findings)}
-    budgets = {m: cohort_budget(a, masks, bootstrap=500) for m, a in atts.items()}
-    fig = viz.budget_bars(budgets, title=f"Where the ViT looks: {len(abnormal)} abnormal test images")
-    viz.save_figure(fig, out / "relevance_by_structure.png", params={"methods": list(atts), "n": len(abnormal)})
+    shown = [*structures, *findings]
+    fig = viz.draw("budget_bars", model, test, indices=abnormal, methods=methods, target=1, structures=shown,
+                   bootstrap=500, title=f"Where the ViT looks: {len(abnormal)} abnormal test images")
+    viz.save_figure(fig, out / "relevance_by_structure.png")
     plt.close(fig)
     report["figures"].append("relevance_by_structure.png")
-    report["relevance_by_structure"] = {m: b.set_index("structure")["mean"].round(4).to_dict()
-                                        for m, b in budgets.items()}
+    masks = {k: batch["masks"][k] for k in shown}
+    report["relevance_by_structure"] = {
+        m: cohort_budget(attribute(model, batch["image"], target=1, method=m), masks, bootstrap=0)
+        .set_index("structure")["mean"].round(4).to_dict() for m in methods}
 
 
 def run_demo(out: str | Path, *, quick: bool = False, device: str = "auto", seed: int = 0,
@@ -136,8 +134,8 @@ def run_demo(out: str | Path, *, quick: bool = False, device: str = "auto", seed
         "dataset": {"source": "phantom", "task": train.task, "classes": list(train.classes),
                     "n_train": len(train), "n_val": len(val), "n_test": len(test)},
         "model": model.workbench_config, "figures": [], "notes": [], "checkpoint": "model.safetensors"}
-    fig = viz.training_curves(history)
-    viz.save_figure(fig, out / "training_curves.png", params={"history": history.to_dict()})
+    fig = viz.draw("training_curves", history=history.to_dict())
+    viz.save_figure(fig, out / "training_curves.png")
     plt.close(fig)
     report["figures"].append("training_curves.png")
     _demo_figures(out, model.cpu(), test, report)

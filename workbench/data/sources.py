@@ -1,6 +1,7 @@
 """``workbench.data.load``: one entry point for every data source."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -31,6 +32,36 @@ def _finish(ds: ArrayDataset, size: Any, channels: int | None, transform: Callab
     return ds
 
 
+def _remember_arguments(fn: Callable) -> Callable:
+    """Record the arguments of ``load`` on the dataset it returns (``ds.load_args``, JSON values;
+    paths made absolute) so a figure's sidecar can load the same data again."""
+    import functools
+    import inspect
+
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ds = fn(*args, **kwargs)
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        rec = {k: v for k, v in bound.arguments.items() if k != "options"}
+        rec.update(bound.arguments.get("options") or {})
+        for key in ("source", "data_dir"):
+            v = rec.get(key)
+            named = isinstance(v, str) and (v.strip().lower() == "phantom" or v.strip().lower().startswith("medmnist:"))
+            if isinstance(v, (str, os.PathLike)) and not (key == "source" and named):
+                rec[key] = str(Path(v).expanduser().resolve())
+        if rec.get("transform") is not None:
+            rec["transform"] = repr(rec["transform"])
+        with contextlib.suppress(AttributeError):
+            ds.load_args = rec
+        return ds
+
+    return wrapper
+
+
+@_remember_arguments
 def load(source: str | os.PathLike, split: str | None = "train", size: int | Sequence[int] | None = None, *,
          n: int | None = None, seed: int = 0, channels: int | None = None, transform: Callable | None = None,
          label_column: str | Sequence[str] | None = "label", data_dir: str | os.PathLike | None = None,

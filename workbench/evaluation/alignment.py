@@ -55,21 +55,10 @@ class Alignment:
     names: tuple[str, ...]
 
     def plot(self, ax: Any = None, **style: Any) -> Any:
-        """Heatmap of ``table`` (communities x structures)."""
-        import matplotlib.pyplot as plt
+        """Heatmap of ``table`` (communities x structures): ``workbench.viz.alignment_heatmap``."""
+        from workbench.viz.evaluation import alignment_heatmap
 
-        fig = None
-        if ax is None:
-            fig, ax = plt.subplots(figsize=(1 + 0.6 * self.table.shape[1], 0.8 + 0.4 * self.table.shape[0]))
-        im = ax.imshow(self.table.values, cmap=style.get("cmap", "viridis"), vmin=0, vmax=1)
-        ax.set_xticks(range(self.table.shape[1]), self.table.columns, rotation=45, ha="right")
-        ax.set_yticks(range(self.table.shape[0]), self.table.index)
-        for (i, j), v in np.ndenumerate(self.table.values):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if v < 0.5 else "black")
-        ax.set_title(f"ARI {self.ari:.2f}  NMI {self.nmi:.2f}  purity {self.purity:.2f}")
-        ax.figure.colorbar(im, ax=ax, fraction=0.046)
-        return fig if fig is not None else ax
+        return alignment_heatmap(self, ax=ax, **style)
 
 
 def _as_masks(masks: Any, structures: Sequence[str] | None, background: str

@@ -8,8 +8,8 @@ Examples:
 """
 from __future__ import annotations
 
-from .checkpoint import checkpoint_paths, load, load_if_present, load_weights, read_config, save
+from .checkpoint import checkpoint_paths, load, load_if_present, load_weights, read_config, save, saved_checkpoint
 from .factory import SHORT_NAMES, StandardizedConv2d, create, create_from_config, default_patch_size, list_models
 
-__all__ = ["create", "create_from_config", "list_models", "save", "load", "load_if_present", "load_weights",
+__all__ = ["create", "create_from_config", "list_models", "save", "load", "load_if_present", "load_weights", "saved_checkpoint",
            "read_config", "checkpoint_paths", "default_patch_size", "SHORT_NAMES", "StandardizedConv2d"]

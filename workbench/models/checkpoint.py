@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,25 @@ from workbench._io import atomic_path
 from .factory import create_from_config
 
 FORMAT = "workbench-checkpoint/1"
+
+# model -> (weights file, hash of its weights when saved or loaded): lets a figure find the
+# checkpoint its model came from (``saved_checkpoint``) without touching the model.
+_SAVED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[Path, str]]" = weakref.WeakKeyDictionary()
+
+
+def _weights_hash(model: torch.nn.Module) -> str:
+    from workbench.jobs import fingerprint
+
+    return fingerprint(model)["weights_sha256"]
+
+
+def saved_checkpoint(model: torch.nn.Module) -> Path | None:
+    """The ``.safetensors`` file ``model`` was last saved to or loaded from in this session, if its
+    weights still equal that file's (not trained since) and the file exists; else None."""
+    hit = _SAVED.get(model)
+    if hit is None or not hit[0].exists() or _weights_hash(model) != hit[1]:
+        return None
+    return hit[0]
 
 
 def _stem(path: str | os.PathLike) -> Path:
@@ -84,6 +104,7 @@ def save(model: torch.nn.Module, path: str | os.PathLike) -> Path:
     with atomic_path(config) as tmp_json, atomic_path(weights) as tmp_w:
         tmp_json.write_text(text, encoding="utf-8")
         save_file(state, str(tmp_w), metadata={"workbench_config": text, "format": FORMAT})
+    _SAVED[model] = (weights.resolve(), _weights_hash(model))
     return weights
 
 
@@ -200,7 +221,9 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> t
         raise ValueError(f"checkpoint weights {weights.name} are of {src} and do not fit {_arch(cfg)} "
                          f"described by {config.name}; re-save the model. Details: {str(e).splitlines()[0]}") from e
     model.eval()
-    return model.to(resolve_device(device) if device is not None else torch.device("cpu"))
+    model = model.to(resolve_device(device) if device is not None else torch.device("cpu"))
+    _SAVED[model] = (weights.resolve(), _weights_hash(model))
+    return model
 
 
 def load_if_present(path: str | os.PathLike, device: str | torch.device | None = None,

@@ -38,20 +38,30 @@ def _jsonable(x: Any) -> Any:
 
 
 def save_figure(fig: Any, path: str | os.PathLike, *, formats: Iterable[str] | None = None,
-                params: dict[str, Any] | None = None, dpi: int = 300) -> list[Path]:
-    """Save ``fig`` atomically in each format, plus ``<stem>.json`` with params and versions.
+                params: dict[str, Any] | None = None, dpi: int | None = None) -> list[Path]:
+    """Save ``fig`` atomically in each format, plus ``<stem>.json``: the sidecar.
+
+    The sidecar records ``params``, package versions, the style the figure was drawn in, the
+    formats and dpi and, for a figure made by ``workbench.viz.draw``, its recipe: the figure
+    function, its parameters, the checkpoint file and its SHA-256, the data's source, split and
+    hash, and the seed, so that ``workbench.viz.rebuild(sidecar)`` (``workbench figure rebuild``)
+    draws it again.
 
     Args:
         fig: a matplotlib Figure.
         path: target path; its suffix picks the format when ``formats`` is None
             (no suffix: all of png, pdf, svg).
         formats: formats to write, each of "png", "pdf", "svg".
-        params: everything needed to redraw the figure (recorded in the sidecar JSON).
-        dpi: raster resolution for PNG.
+        params: anything else worth keeping with the figure (recorded as given).
+        dpi: raster resolution for PNG; None: the figure's style's (notebook 300, paper 600,
+            slides 200).
 
     Returns:
         The written paths (figures first, then the JSON sidecar).
     """
+    from ._recipes import FORMAT, with_relative
+    from ._style import STYLES
+
     path = Path(path)
     if formats is None:
         suffix = path.suffix.lower().lstrip(".")
@@ -60,15 +70,26 @@ def save_figure(fig: Any, path: str | os.PathLike, *, formats: Iterable[str] | N
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ValueError(f"unsupported figure format(s) {bad}; use any of {list(FORMATS)}.")
+    style = getattr(fig, "workbench_style", None) or {"name": "notebook"}
+    dpi = int(dpi or STYLES[style["name"]]["savefig.dpi"])
     stem = path.with_suffix("") if path.suffix.lower().lstrip(".") in FORMATS else path
     written = []
+    import matplotlib as mpl
+
     for f in formats:
         target = stem.with_suffix(f".{f}")
-        with atomic_path(target) as tmp:
-            fig.savefig(tmp, format=f, dpi=dpi, bbox_inches="tight")
+        with atomic_path(target) as tmp, mpl.rc_context({"svg.hashsalt": "workbench"}):  # stable SVG ids
+            fig.savefig(tmp, format=f, dpi=dpi, bbox_inches="tight", metadata=_METADATA.get(f))
         written.append(target)
     side = stem.with_suffix(".json")
-    atomic_write_text(side, json.dumps({"params": _jsonable(params or {}), "versions": versions(),
-                                        "files": [p.name for p in written]}, indent=2))
+    record = getattr(fig, "workbench_record", None)
+    sidecar = {"format": FORMAT, "params": _jsonable(params or {}), "versions": versions(), "style": style,
+               "formats": formats, "dpi": dpi, "files": [p.name for p in written],
+               "recipe": with_relative(record, side.parent) if record else None}
+    atomic_write_text(side, json.dumps(sidecar, indent=2))
     written.append(side)
     return written
+
+
+# no creation dates in the files: the same figure saves to the same bytes (PDF, SVG)
+_METADATA = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}

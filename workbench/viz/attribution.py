@@ -6,7 +6,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ._style import RC, structure_colours
+from ._style import figsize as _figsize, rc, structure_colours, styled
 
 
 def _np(x: Any) -> np.ndarray:
@@ -59,6 +59,7 @@ def _show_map(ax: Any, m: np.ndarray, image: np.ndarray | None, alpha: float, si
     return im
 
 
+@styled
 def attribution_map(attribution: Any, index: int = 0, ax: Any = None, *, image: Any = None,
                     masks: Mapping[str, Any] | None = None, structures: Sequence[str] | None = None,
                     alpha: float = 0.6, signed: bool | None = None, linewidth: float = 1.0,
@@ -73,8 +74,8 @@ def attribution_map(attribution: Any, index: int = 0, ax: Any = None, *, image: 
     import matplotlib.pyplot as plt
 
     if ax is None:
-        with plt.rc_context(RC):
-            _, ax = plt.subplots(figsize=(3, 3))
+        with rc():
+            _, ax = plt.subplots(figsize=_figsize(3, 3))
     img = None
     if image is not None:
         im = _np(image)
@@ -85,6 +86,7 @@ def attribution_map(attribution: Any, index: int = 0, ax: Any = None, *, image: 
     return ax
 
 
+@styled
 def attribution_grid(images: Any, attributions: Mapping[str, Any] | Sequence[Any], *,
                      masks: Mapping[str, Any] | None = None, structures: Sequence[str] | None = None,
                      indices: Sequence[int] | None = None, alpha: float = 0.6, signed: bool | None = None,
@@ -129,9 +131,9 @@ def attribution_grid(images: Any, attributions: Mapping[str, Any] | Sequence[Any
             raise ValueError(f"attribution {name!r} has maps {tuple(a.maps.shape)} but images are {imgs.shape}; "
                              "pass the images the attributions were computed on.")
     rows = list(attributions)
-    with plt.rc_context(RC):
+    with rc():
         fig, axes = plt.subplots(len(rows), len(cols), squeeze=False,
-                                 figsize=figsize or (1.6 * len(cols) + 0.6, 1.6 * len(rows) + (0.4 if legend else 0)))
+                                 figsize=figsize or _figsize(1.6 * len(cols) + 0.6, 1.6 * len(rows) + (0.4 if legend else 0)))
         for r, name in enumerate(rows):
             a = attributions[name]
             maps = _np(a.maps)
@@ -148,6 +150,29 @@ def attribution_grid(images: Any, attributions: Mapping[str, Any] | Sequence[Any
             names = [s for s in (structures or list(masks)) if s in masks]
             cc = structure_colours(names)
             fig.legend([Line2D([], [], color=cc[s]) for s in names], names, loc="lower center",
-                       ncol=min(len(names), 6), frameon=False)
+                       ncol=min(len(names), 6, max(2, int(fig.get_figwidth() / 1.1))), frameon=False)
         fig.tight_layout(rect=(0, 0.06 if legend and masks else 0, 1, 1))
     return fig
+
+
+# ------------------------------------------------------------------ rebuildable recipes (viz.draw)
+from ._recipes import batch_of, recipe  # noqa: E402
+
+
+def attributions_of(model: Any, images: Any, methods: Sequence[str], target: Any,
+                    options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """{method: Attribution} of ``images`` (``options``: {method: keyword arguments})."""
+    from ..attribution import attribute
+
+    return {m: attribute(model, images, target=target, method=m, **dict((options or {}).get(m) or {}))
+            for m in methods}
+
+
+@recipe("attribution_grid")
+def _attribution_grid_recipe(model: Any, data: Any, *, indices: Any = (0, 1, 2, 3),
+                             methods: Any = ("integrated_gradients",), target: Any = None,
+                             options: Any = None, structures: Any = None, normalise: bool = True,
+                             legend: bool = True) -> Any:
+    batch = batch_of(data, indices)
+    atts = attributions_of(model, batch["image"], methods, target, options)
+    return attribution_grid(batch, atts, structures=structures, normalise=normalise, legend=legend)

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from ._style import RC, colours, structure_colours
+from ._style import colours, figsize as _figsize, rc, structure_colours, styled
 
 
 def _axes(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
@@ -16,11 +16,12 @@ def _axes(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
 
     if ax is not None:
         return ax.figure, ax
-    with plt.rc_context(RC):
-        fig, ax = plt.subplots(figsize=figsize)
+    with rc():
+        fig, ax = plt.subplots(figsize=_figsize(*figsize))
     return fig, ax
 
 
+@styled
 def budget_bars(budget: pd.DataFrame | Mapping[str, pd.DataFrame], ax: Any = None, *, structures: Any = None,
                 title: str | None = None, ylabel: str = "share of positive relevance") -> Any:
     """Bar chart of the mean relevance share per structure with CI error bars.
@@ -74,6 +75,7 @@ def budget_bars(budget: pd.DataFrame | Mapping[str, pd.DataFrame], ax: Any = Non
     return fig
 
 
+@styled
 def deletion_curves(faith: Any, ax: Any = None, *, modes: tuple[str, ...] = ("deletion", "insertion"),
                     band: bool = True, title: str | None = None) -> Any:
     """Mean deletion (solid) and insertion (dashed) curves with a +-1 s.e.m. band, AUC in the legend.
@@ -111,12 +113,13 @@ def deletion_curves(faith: Any, ax: Any = None, *, modes: tuple[str, ...] = ("de
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.spines[["top", "right"]].set_visible(False)
-    ax.legend(frameon=False, fontsize=7)
+    ax.legend(frameon=False, fontsize="small")
     if title:
         ax.set_title(title)
     return fig
 
 
+@styled
 def audit_figure(audit: Any, *, metric: str = "accuracy", figsize: tuple[float, float] | None = None) -> Any:
     """Shortcut-audit figure: Mask-of-truth bars, accuracy on positives per subgroup with CIs, and
     (when the audit has one) the relevance budget.
@@ -133,8 +136,8 @@ def audit_figure(audit: Any, *, metric: str = "accuracy", figsize: tuple[float, 
 
     has_budget = getattr(audit, "budget", None) is not None
     n = 3 if has_budget else 2
-    with plt.rc_context(RC):
-        fig, axes = plt.subplots(1, n, figsize=figsize or (3.4 * n, 2.9), constrained_layout=True)
+    with rc():
+        fig, axes = plt.subplots(1, n, figsize=figsize or _figsize(3.4 * n, 2.9), constrained_layout=True)
     ax = axes[0]
     mot = audit.mask_of_truth
     mot = mot[mot["train"] == "original"] if "train" in mot else mot
@@ -179,4 +182,91 @@ def audit_figure(audit: Any, *, metric: str = "accuracy", figsize: tuple[float, 
     return fig
 
 
-__all__ = ["budget_bars", "deletion_curves", "audit_figure"]
+@styled
+def alignment_heatmap(alignment: Any, ax: Any = None, *, cmap: str = "viridis") -> Any:
+    """Heatmap of an ``anatomy_alignment`` result's table (communities x structures, share of each
+    community's mass per structure), with ARI, NMI and purity in the title.
+
+    Returns:
+        The Figure when ``ax`` is None, else ``ax``.
+    """
+    table = alignment.table
+    new = ax is None
+    fig, ax = _axes(ax, (1 + 0.6 * table.shape[1], 0.8 + 0.4 * table.shape[0]))
+    im = ax.imshow(table.values, cmap=cmap, vmin=0, vmax=1)
+    ax.set_xticks(range(table.shape[1]), table.columns, rotation=45, ha="right")
+    ax.set_yticks(range(table.shape[0]), table.index)
+    for (i, j), v in np.ndenumerate(table.values):
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize="small", color="white" if v < 0.5 else "black")
+    ax.set_title(f"ARI {alignment.ari:.2f}  NMI {alignment.nmi:.2f}  purity {alignment.purity:.2f}")
+    ax.figure.colorbar(im, ax=ax, fraction=0.046)
+    return fig if new else ax
+
+
+__all__ = ["budget_bars", "deletion_curves", "audit_figure", "alignment_heatmap"]
+
+
+# ------------------------------------------------------------------ rebuildable recipes (viz.draw)
+from ._recipes import batch_of, recipe  # noqa: E402
+
+
+def _models(model: Any) -> dict[str, Any]:
+    return dict(model) if isinstance(model, Mapping) else {"": model}
+
+
+@recipe("budget_bars")
+def _budget_bars_recipe(model: Any, data: Any, *, indices: Any = None, methods: Any = ("integrated_gradients",),
+                        target: Any = None, structures: Any = None, bootstrap: int = 1000, seed: int = 0,
+                        title: Any = None) -> Any:
+    """Relevance share per structure; one bar group per model (a dict of models) and method."""
+    from ..attribution import attribute
+    from ..evaluation import cohort_budget
+
+    batch = batch_of(data, indices)
+    names = list(structures) if structures is not None else list(batch["masks"])
+    masks = {"masks": {k: batch["masks"][k] for k in names},
+             "mask_present": {k: batch["mask_present"][k] for k in names if k in batch.get("mask_present", {})}}
+    budgets = {" ".join(filter(None, (name, m if len(methods) > 1 else ""))):
+               cohort_budget(attribute(mod, batch["image"], target=target, method=m), masks, bootstrap=bootstrap,
+                             seed=seed)
+               for name, mod in _models(model).items() for m in methods}
+    return budget_bars(budgets[""] if list(budgets) == [""] else budgets, title=title)
+
+
+@recipe("deletion_curves")
+def _deletion_curves_recipe(model: Any, data: Any, *, indices: Any = (0, 1, 2, 3),
+                            methods: Any = ("integrated_gradients",), target: Any = None, options: Any = None,
+                            steps: int = 20, baseline: Any = "blur", title: Any = None) -> Any:
+    from ..evaluation import deletion_insertion
+    from .attribution import attributions_of
+
+    batch = batch_of(data, indices)
+    atts = attributions_of(model, batch["image"], methods, target, options)
+    faith = {m: deletion_insertion(model, batch["image"], a, target, steps=steps, baseline=baseline)
+             for m, a in atts.items()}
+    return deletion_curves(faith, title=title)
+
+
+@recipe("audit_figure")
+def _audit_figure_recipe(model: Any, data: Any, *, structures: Any = ("left_lung", "right_lung"),
+                         groups: Any = ("device", "site"), method: Any = None, budget_structures: Any = None,
+                         n_budget: int = 64, target: Any = None, bootstrap: int = 500, seed: int = 0,
+                         metric: str = "accuracy") -> Any:
+    from ..evaluation import shortcut_audit
+
+    audit = shortcut_audit(model, data, structures=structures, groups=groups, method=method,
+                           budget_structures=budget_structures, n_budget=n_budget, target=target,
+                           bootstrap=bootstrap, seed=seed)
+    return audit_figure(audit, metric=metric)
+
+
+@recipe("alignment_heatmap")
+def _alignment_heatmap_recipe(model: Any, data: Any, *, indices: Any = (0, 1, 2, 3), k: int = 4,
+                              method: str = "mixed_score", layer: int = -1, structures: Any = None,
+                              seed: int = 0) -> Any:
+    from ..communities import communities
+    from ..evaluation import anatomy_alignment
+
+    batch = batch_of(data, indices)
+    comms = communities(model, batch["image"], k=k, method=method, layer=layer, seed=seed)
+    return alignment_heatmap(anatomy_alignment(comms, batch, structures=structures))

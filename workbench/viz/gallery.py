@@ -5,7 +5,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._style import RC, structure_colours
+from ._style import figsize as _figsize, rc, structure_colours, styled
 
 #: Outlined by default when present: organs, findings and distractors (not body or bones,
 #: which would clutter the picture).
@@ -21,6 +21,7 @@ def _abbrev(meta: dict) -> str:
     return " · ".join(parts)
 
 
+@styled
 def gallery(dataset: Any, n: int = 8, *, ncols: int = 4, structures: Sequence[str] | None = None,
             indices: Sequence[int] | None = None, figsize: tuple[float, float] | None = None,
             linewidth: float = 1.0, titles: bool = True, legend: bool = True) -> Any:
@@ -71,8 +72,8 @@ def gallery(dataset: Any, n: int = 8, *, ncols: int = 4, structures: Sequence[st
     colours = structure_colours(names)
     ncols = max(1, min(int(ncols), len(indices)))
     nrows = int(np.ceil(len(indices) / ncols))
-    with plt.rc_context(RC):
-        fig, axes = plt.subplots(nrows, ncols, figsize=figsize or (2.2 * ncols, 2.2 * nrows + (0.5 if legend else 0)),
+    with rc():
+        fig, axes = plt.subplots(nrows, ncols, figsize=figsize or _figsize(2.2 * ncols, 2.2 * nrows + (0.5 if legend else 0)),
                                  squeeze=False)
         used = set()
         for k, ax in enumerate(axes.ravel()):
@@ -90,11 +91,22 @@ def gallery(dataset: Any, n: int = 8, *, ncols: int = 4, structures: Sequence[st
                     ax.contour(m, levels=[0.5], colors=[colours[name]], linewidths=linewidth)
                     used.add(name)
             if titles and isinstance(meta[k], dict) and meta[k]:
-                ax.set_title(_abbrev(meta[k]), fontsize=7)
+                ax.set_title(_abbrev(meta[k]), fontsize="small")
         if legend and used:
             handles = [Line2D([0], [0], color=colours[s], lw=2, label=s.replace("_", " ")) for s in names if s in used]
-            fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), frameon=False)
+            fig.legend(handles=handles, loc="lower center", frameon=False,
+                       ncol=min(6, len(handles), max(2, int(fig.get_figwidth() / 1.1))))
             fig.tight_layout(rect=(0, 0.06 if nrows > 1 else 0.12, 1, 1))
         else:
             fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------ rebuildable recipes (viz.draw)
+from ._recipes import recipe  # noqa: E402
+
+
+@recipe("gallery", model=False)
+def _gallery_recipe(data: Any, *, n: int = 8, ncols: int = 4, structures: Any = None, indices: Any = None,
+                    titles: bool = True, legend: bool = True) -> Any:
+    return gallery(data, n, ncols=ncols, structures=structures, indices=indices, titles=titles, legend=legend)

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ._style import RC, colours, structure_colours
+from ._style import colours, figsize, rc, structure_colours, styled
 
 __all__ = ["community_rgb", "community_overlay", "community_grid", "attention_grid", "draw_contours",
            "community_colours", "community_shares", "outline_masks"]
@@ -256,6 +256,7 @@ def _community_names(communities: Any, index: int, masks: Any, structures: Seque
     return names_from_fractions(communities.memberships[index], names, frac)
 
 
+@styled
 def community_overlay(image: Any, communities: Any, index: int = 0, *, masks: Any = None,
                       structures: Sequence[str] | None = None, alpha: float = 0.5, soft: bool = True,
                       legend: bool = True, ax: Any = None, title: str | None = None, linewidth: float = 1.0) -> Any:
@@ -285,10 +286,10 @@ def community_overlay(image: Any, communities: Any, index: int = 0, *, masks: An
     from matplotlib.patches import Patch
 
     rgb = community_rgb(image, communities, index, alpha=alpha, soft=soft)
-    with plt.rc_context(RC):
+    with rc():
         fig = None
         if ax is None:
-            fig, ax = plt.subplots(figsize=(5.2 if legend else 3.2, 3.2))
+            fig, ax = plt.subplots(figsize=figsize(5.2 if legend else 3.2, 3.2))
         ax.imshow(rgb, interpolation="nearest")
         lines = draw_contours(ax, masks, structures, linewidth=linewidth, index=index, label=True) if masks else []
         ax.set_axis_off()
@@ -307,6 +308,7 @@ def _heads_list(heads: Sequence[int | None] | None, n_heads: int) -> list[int | 
     return [None, *range(n_heads)] if heads is None else list(heads)
 
 
+@styled
 def community_grid(images: Any, model_or_maps: Any, layers: Sequence[int] | None = None,
                    heads: Sequence[int | None] | None = None, *, index: int = 0, k: int | None = 4,
                    method: str = "mixed_score", masks: Any = None, structures: Sequence[str] | None = None,
@@ -350,8 +352,8 @@ def community_grid(images: Any, model_or_maps: Any, layers: Sequence[int] | None
               "mask_present": {s: torch.as_tensor(v)[index:index + 1] for s, v in (masks.get("mask_present") or {}).items()}} \
             if "masks" in masks and isinstance(masks["masks"], dict) else \
             {s: torch.as_tensor(v)[index:index + 1] for s, v in masks.items()}
-    with plt.rc_context(RC):
-        fig, axes = plt.subplots(len(layers), len(hl), figsize=(1.9 * len(hl), 1.9 * len(layers)), squeeze=False)
+    with rc():
+        fig, axes = plt.subplots(len(layers), len(hl), figsize=figsize(1.9 * len(hl), 1.9 * len(layers)), squeeze=False)
         for r, li in enumerate(layers):
             for c, hd in enumerate(hl):
                 comm = communities(sub, k=k, method=method, layer=li, head=hd, seed=seed)
@@ -360,6 +362,7 @@ def community_grid(images: Any, model_or_maps: Any, layers: Sequence[int] | None
     return fig
 
 
+@styled
 def attention_grid(maps: Any, index: int = 0, layers: Sequence[int] | None = None,
                    heads: Sequence[int | None] | None = None, *, image: Any = None, alpha: float = 0.6,
                    cmap: str = "viridis", ax: Any = None) -> Any:
@@ -392,9 +395,9 @@ def attention_grid(maps: Any, index: int = 0, layers: Sequence[int] | None = Non
     if ax is not None and len(layers) * len(hl) != 1:
         raise ValueError(f"attention_grid draws {len(layers)}x{len(hl)} panels; pass ax=None for a new "
                          "Figure, or one layer and one head (e.g. layers=[-1], heads=[None]) to draw in ax.")
-    with plt.rc_context(RC):
+    with rc():
         if ax is None:
-            fig, axes = plt.subplots(len(layers), len(hl), figsize=(1.7 * len(hl), 1.7 * len(layers)), squeeze=False)
+            fig, axes = plt.subplots(len(layers), len(hl), figsize=figsize(1.7 * len(hl), 1.7 * len(layers)), squeeze=False)
         else:
             fig, axes = None, np.array([[ax]])
         for r, li in enumerate(layers):
@@ -414,3 +417,39 @@ def attention_grid(maps: Any, index: int = 0, layers: Sequence[int] | None = Non
                 cell.set_axis_off()
                 cell.set_title(f"L{li % n_layers} " + ("mean" if hd is None else f"h{hd}"))
     return fig if fig is not None else ax
+
+
+# ------------------------------------------------------------------ rebuildable recipes (viz.draw)
+from ._recipes import batch_of, recipe  # noqa: E402
+
+
+@recipe("community_overlay")
+def _community_overlay_recipe(model: Any, data: Any, *, indices: Any = (0,), index: int = 0, k: int = 4,
+                              method: str = "mixed_score", layer: int = -1, head: Any = None,
+                              structures: Any = None, alpha: float = 0.5, soft: bool = True,
+                              legend: bool = True, seed: int = 0) -> Any:
+    from ..communities import communities
+
+    batch = batch_of(data, indices)
+    comms = communities(model, batch["image"], k=k, method=method, layer=layer, head=head, seed=seed)
+    return community_overlay(batch["image"], comms, index, masks=batch, structures=structures, alpha=alpha,
+                             soft=soft, legend=legend)
+
+
+@recipe("community_grid")
+def _community_grid_recipe(model: Any, data: Any, *, index: int = 0, layers: Any = None, heads: Any = None,
+                           k: int = 4, method: str = "mixed_score", structures: Any = None, alpha: float = 0.5,
+                           seed: int = 0) -> Any:
+    batch = batch_of(data, [index])
+    return community_grid(batch["image"], model, layers, heads, index=0, k=k, method=method, masks=batch,
+                          structures=structures, alpha=alpha, seed=seed)
+
+
+@recipe("attention_grid")
+def _attention_grid_recipe(model: Any, data: Any, *, index: int = 0, layers: Any = None, heads: Any = None,
+                           show_image: bool = True, alpha: float = 0.6) -> Any:
+    from ..attention import attention_maps
+
+    batch = batch_of(data, [index])
+    maps = attention_maps(model, batch["image"])
+    return attention_grid(maps, 0, layers, heads, image=batch["image"] if show_image else None, alpha=alpha)

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ._style import RC, colours, structure_colours
+from ._style import colours, figsize as _figsize, rc, structure_colours, styled
 
 __all__ = ["sae_training", "latent_rgb", "latent_heatmap", "latent_grid", "atlas_bars", "atlas_matrix",
            "class_latent_bars", "intervention_curves"]
@@ -25,11 +25,12 @@ def _axes(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
 
     if ax is not None:
         return ax.figure, ax
-    with plt.rc_context(RC):
-        fig, ax = plt.subplots(figsize=figsize)
+    with rc():
+        fig, ax = plt.subplots(figsize=_figsize(*figsize))
     return fig, ax
 
 
+@styled
 def sae_training(log: Any, ax: Any = None, **style: Any) -> Any:
     """FVU (left axis), L0 and dead fraction (right axes) over training tokens of a ``TrainLog``."""
     rows = list(getattr(log, "rows", log))
@@ -100,6 +101,7 @@ def latent_rgb(image: Any, heatmap: Any, *, alpha: float = 0.6, vmax: float | No
     return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 
 
+@styled
 def latent_heatmap(image: Any, heatmap: Any, ax: Any = None, *, masks: Mapping[str, Any] | None = None,
                    structures: Sequence[str] | None = None, alpha: float = 0.6, vmax: float | None = None,
                    title: str | None = None) -> Any:
@@ -113,13 +115,14 @@ def latent_heatmap(image: Any, heatmap: Any, ax: Any = None, *, masks: Mapping[s
         ms = {s: m for s, m in ms.items() if m.any()}
         if ms:
             draw_contours(ax, ms, label=True, linewidth=0.8)
-            ax.legend(loc="lower right", fontsize=6, frameon=False, labelcolor="white")
+            ax.legend(loc="lower right", fontsize="x-small", frameon=False, labelcolor="white")
     ax.set_axis_off()
     if title:
         ax.set_title(title)
     return fig
 
 
+@styled
 def latent_grid(top: Any, latent: int, data: Any, *, sae: Any = None, model: Any = None, n: int | None = None,
                 structures: Sequence[str] | None = None, crop: int = 3, check_model: bool = True) -> Any:
     """A latent's top-activating images (with its heatmap when ``sae`` and ``model`` are given and
@@ -152,8 +155,8 @@ def latent_grid(top: Any, latent: int, data: Any, *, sae: Any = None, model: Any
 
         maps = heatmaps(sae, model, images, int(latent), check_model=check_model)
     vmax = float(maps.max()) if maps is not None else None
-    with plt.rc_context(RC):
-        fig, axes = plt.subplots(2, len(items), figsize=(1.6 * len(items), 3.4), squeeze=False)
+    with rc():
+        fig, axes = plt.subplots(2, len(items), figsize=_figsize(1.6 * len(items), 3.4), squeeze=False)
     for j, ((img, p, v), s) in enumerate(zip(items, samples)):
         ax = axes[0, j]
         heat = maps[j] if maps is not None else torch.zeros(H, W)
@@ -162,17 +165,18 @@ def latent_grid(top: Any, latent: int, data: Any, *, sae: Any = None, model: Any
             draw_contours(ax, {k: m for k, m in (s.get("masks") or {}).items() if k in structures}, linewidth=0.6)
         r, c = divmod(int(p), w)
         ax.add_patch(Rectangle((c * pw - 0.5, r * ph - 0.5), pw, ph, fill=False, edgecolor="#66CCEE", lw=1.2))
-        ax.set_title(f"{v:.2f}", fontsize=7)
+        ax.set_title(f"{v:.2f}", fontsize="small")
         ax.set_axis_off()
         half = crop // 2
         r0, r1 = int(max(0, (r - half) * ph)), int(min(H, (r + half + 1) * ph))
         c0, c1 = int(max(0, (c - half) * pw)), int(min(W, (c + half + 1) * pw))
         axes[1, j].imshow(_grey_rgb(images[j])[r0:r1, c0:c1], interpolation="nearest")
         axes[1, j].set_axis_off()
-    fig.suptitle(f"latent {latent}: top images (heatmap) and patches", fontsize=9)
+    fig.suptitle(f"latent {latent}: top images (heatmap) and patches", fontsize="medium")
     return fig
 
 
+@styled
 def atlas_bars(atlas: Any, ax: Any = None, *, metric: str = "auroc") -> Any:
     """The best latent's pixel AUROC (or AP) per structure, bars labelled with the latent."""
     best = atlas.best_per_structure()
@@ -185,7 +189,7 @@ def atlas_bars(atlas: Any, ax: Any = None, *, metric: str = "auroc") -> Any:
     x = np.arange(len(names))
     ax.bar(x, vals, color=[cols[n] for n in names], edgecolor="#333333", linewidth=0.6)
     for xi, v, lat in zip(x, vals, best["latent"]):
-        ax.text(xi, v + 0.01, str(int(lat)), ha="center", va="bottom", fontsize=6)
+        ax.text(xi, v + 0.01, str(int(lat)), ha="center", va="bottom", fontsize="x-small")
     if metric == "auroc":
         ax.axhline(0.5, color="#777777", lw=0.8, ls=":")
     ax.set_xticks(x)
@@ -196,6 +200,7 @@ def atlas_bars(atlas: Any, ax: Any = None, *, metric: str = "auroc") -> Any:
     return fig
 
 
+@styled
 def atlas_matrix(atlas: Any, ax: Any = None, *, latents: Sequence[int] | None = None) -> Any:
     """Mass share of chosen latents (default: each structure's best) in every structure."""
     lat = list(latents) if latents is not None else list(dict.fromkeys(int(v) for v in atlas.best_per_structure()["latent"]))
@@ -211,6 +216,7 @@ def atlas_matrix(atlas: Any, ax: Any = None, *, latents: Sequence[int] | None = 
     return fig
 
 
+@styled
 def class_latent_bars(cl: Any, c: int | str = -1, k: int = 10, ax: Any = None) -> Any:
     """Mammo-SAE's mean-activation ranking next to the class-contrastive one for class ``c``: per
     rank, each ranking's latent density (share of images it fires on) and contrast (Cohen's d)."""
@@ -223,11 +229,12 @@ def class_latent_bars(cl: Any, c: int | str = -1, k: int = 10, ax: Any = None) -
         ax.plot(g["rank"], g["density"], marker="s", ms=3, ls="--", color=col[j], label=f"{label}: density")
     ax.set_xlabel("rank")
     ax.set_ylabel("Cohen's d / density")
-    ax.legend(frameon=False, fontsize=6)
+    ax.legend(frameon=False, fontsize="x-small")
     ax.set_title(f"class latents: {t['class'].iloc[0] if len(t) else c}")
     return fig
 
 
+@styled
 def intervention_curves(iv: Any, ax: Any = None) -> Any:
     """AUROC over k with only the top-k class latents kept, or switched off, with bootstrap CIs, the
     random-latent baseline (mean and 2.5-97.5 % band), the model and the full splice."""
@@ -248,6 +255,6 @@ def intervention_curves(iv: Any, ax: Any = None) -> Any:
     ax.set_xscale("log")
     ax.set_xlabel("k (top latents per class)")
     ax.set_ylabel("AUROC")
-    ax.legend(frameon=False, fontsize=6)
+    ax.legend(frameon=False, fontsize="x-small")
     ax.set_title(f"interventions ({iv.ranking} ranking)")
     return fig

@@ -4,9 +4,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._style import RC, colours
+from ._style import colours, figsize, rc, styled
 
 
+@styled
 def training_curves(history: Any, ax: Any = None, **style: Any) -> Any:
     """Plot the training loss (left axis) and validation AUC/accuracy (right axis) per epoch.
 
@@ -25,9 +26,9 @@ def training_curves(history: Any, ax: Any = None, **style: Any) -> Any:
     if not rows:
         raise ValueError("history has no epochs to plot; train for at least one epoch.")
     c = colours(3)
-    with plt.rc_context(RC):
+    with rc():
         if ax is None:
-            fig, ax = plt.subplots(figsize=(4.2, 2.8))
+            fig, ax = plt.subplots(figsize=figsize(4.2, 2.8))
         else:
             fig = ax.figure
         ep = [r["epoch"] for r in rows]
@@ -54,3 +55,17 @@ def training_curves(history: Any, ax: Any = None, **style: Any) -> Any:
         ax.legend(handles, labels, loc="best", frameon=False)
         ax.set_title("training")
     return fig
+
+
+# ------------------------------------------------------------------ rebuildable recipes (viz.draw)
+from ._recipes import recipe  # noqa: E402
+
+
+@recipe("training_curves", model=False, data=False)
+def _training_curves_recipe(*, history: Any) -> Any:
+    """``history``: ``History.to_dict()`` (or its ``rows``)."""
+    from types import SimpleNamespace
+
+    if isinstance(history, dict):
+        return training_curves(SimpleNamespace(rows=history["rows"], best_epoch=history.get("best_epoch")))
+    return training_curves(history)
