@@ -5,10 +5,11 @@ from typing import Any
 
 import numpy as np
 
-from ._style import RC, colours
+from ._style import colours, figsize as _figsize, rc, styled
 from .evaluation import _axes
 
 
+@styled
 def score_profile(scores: Any, ax: Any = None, *, normalise: bool = True, **style: Any) -> Any:
     """Each layer's unit scores sorted from high to low (x: unit rank as a fraction of the layer,
     y: score divided by the layer's mean when ``normalise``); one line per layer, early layers
@@ -30,6 +31,7 @@ def score_profile(scores: Any, ax: Any = None, *, normalise: bool = True, **styl
     return fig
 
 
+@styled
 def sweep_curves(result: Any, ax: Any = None, *, metric: str = "auc", **style: Any) -> Any:
     """``metric`` against pruning ratio: one colour per criterion, solid without and dashed with
     fine-tuning; the dense model at ratio 0; the legend gives each curve's area."""
@@ -53,13 +55,14 @@ def sweep_curves(result: Any, ax: Any = None, *, metric: str = "auc", **style: A
     return fig
 
 
+@styled
 def report_figure(report: Any, *, figsize: tuple[float, float] | None = None) -> Any:
     """Three panels: size and latency ratios, per-class AUC before/after, relevance share per
     structure before/after."""
     import matplotlib.pyplot as plt
 
-    with plt.rc_context(RC):
-        fig, axes = plt.subplots(1, 3, figsize=figsize or (12, 3.4))
+    with rc():
+        fig, axes = plt.subplots(1, 3, figsize=figsize or _figsize(12, 3.4))
     s = report.summary()
     names = ["params", "MACs", *[f"latency b{b}" for b in report.latency]]
     vals = [s["params_ratio"], s["macs_ratio"], *[report.latency[b]["ratio"] for b in report.latency]]
