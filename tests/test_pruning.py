@@ -133,6 +133,12 @@ def test_global_scope_and_remove_highest(batch):
     g = prune(m, s, ratio=0.5, scope="global")
     sizes = [g.get_submodule(k).fc1.out_features for k in s.values]
     assert sum(sizes) == 3 * 128 // 2 and len(set(sizes)) > 1  # one ranking over all layers
+    heads = scores(_vit(depth=2, heads=2), None, unit="heads", criterion="random")
+    heads.values["blocks.0.attn"][:] = -1.0  # the lowest two of four: global pruning would empty blocks.0
+    with pytest.raises(ValueError, match="min_keep=1"):
+        prune(_vit(depth=2, heads=2), heads, ratio=0.5, scope="global")
+    kept = prune(_vit(depth=2, heads=2), heads, ratio=0.5, scope="global", min_keep=1)
+    assert [a.num_heads for a in (kept.blocks[0].attn, kept.blocks[1].attn)] == [1, 1]
     hi = prune(m, s, ratio=0.25, remove="highest")
     k = s.layers[0]
     kept = hi.get_submodule(k).fc1.weight
@@ -235,6 +241,16 @@ def test_unknown_criterion_unit_and_missing_units(batch):
         scores(m, batch, unit="channels")
     with pytest.raises(ValueError, match="no prunable units of kind 'heads'"):
         scores(_cnn(), batch, unit="heads")
+
+
+def test_dl_backtrace_says_what_to_install(batch):
+    try:
+        import dl_backtrace  # noqa: F401
+        pytest.skip("dl-backtrace is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(ImportError, match="separate environment.*pip install dl-backtrace"):
+        scores(_cnn(), batch, unit="channels", criterion="dl_backtrace", progress=False)
 
 
 def test_empty_calibration_set_and_mismatched_scores(batch):

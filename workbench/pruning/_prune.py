@@ -44,12 +44,13 @@ def _n_remove(ratio: float, n: int) -> int:
 
 
 def select_units(scores: Scores, sets: Sequence[UnitSet], ratio: float, scope: str = "layer",
-                 remove: str = "lowest") -> dict[str, list[int]]:
+                 remove: str = "lowest", min_keep: int = 0) -> dict[str, list[int]]:
     """``{layer key: sorted unit indices to remove}``.
 
     ``scope="layer"`` removes ``round(ratio * units)`` units of every layer; ``"global"`` ranks all
     units together after dividing each layer's scores by their mean absolute value (layers differ in
-    scale) and removes ``round(ratio * all units)``. ``remove="highest"`` removes the highest-scoring
+    scale) and removes ``round(ratio * all units)``, never leaving a layer fewer than ``min_keep``
+    units (0: a layer that would lose every unit raises). ``remove="highest"`` removes the highest-scoring
     units instead (e.g. the units most relevant on a device mask).
     """
     if scope not in SCOPES:
@@ -74,16 +75,23 @@ def select_units(scores: Scores, sets: Sequence[UnitSet], ratio: float, scope: s
         owner += [(s.key, i) for i in range(s.size)]
     allv = torch.cat(flat)
     k = _n_remove(ratio, len(allv))
-    order = torch.argsort(allv, stable=True)[:k].tolist()
+    sizes = {s.key: s.size for s in sets}
     for s in sets:
         out[s.key] = []
-    for j in order:
+    taken = 0
+    for j in torch.argsort(allv, stable=True).tolist():  # lowest first; a layer stops at min_keep units
+        if taken == k:
+            break
         key, i = owner[j]
+        if min_keep and sizes[key] - len(out[key]) <= min_keep:
+            continue
         out[key].append(i)
+        taken += 1
     for s in sets:
         if len(out[s.key]) >= s.size:
             raise ValueError(f"global pruning at ratio {ratio} would remove all {s.size} {_NOUN[s.kind]} of {s.key} "
-                             "(its scores are the lowest of the model); use scope='layer' or a smaller ratio.")
+                             "(its scores are the lowest of the model); pass min_keep=1, use scope='layer' or a "
+                             "smaller ratio.")
         out[s.key].sort()
     return out
 
@@ -170,7 +178,7 @@ def _merge(prior: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 
 def prune(model: nn.Module, scores: Scores, ratio: float = 0.5, *, scope: str = "layer", remove: str = "lowest",
-          example_inputs: torch.Tensor | None = None) -> nn.Module:
+          min_keep: int = 0, example_inputs: torch.Tensor | None = None) -> nn.Module:
     """Remove the least relevant units: a new, physically smaller model (the input is not changed).
 
     Args:
@@ -182,6 +190,8 @@ def prune(model: nn.Module, scores: Scores, ratio: float = 0.5, *, scope: str = 
             each layer's scores divided by their mean absolute value first).
         remove: "lowest" (default) or "highest": remove the highest-scoring units, e.g. those
             most relevant on a device mask (``scores(..., masks="device")``).
+        min_keep: with ``scope="global"``, units every layer keeps (the next-lowest units of other
+            layers go instead); 0 raises when a layer would lose all its units.
         example_inputs: ``(1, C, H, W)`` to trace the model (default from its config).
 
     Returns:
@@ -216,7 +226,9 @@ def prune(model: nn.Module, scores: Scores, ratio: float = 0.5, *, scope: str = 
         raise ValueError(f"these scores are for other layers than this model has ({scores.unit}: the model has "
                          f"{len(want)} layers, {sum(want.values())} units; the scores {len(got)} layers, "
                          f"{sum(got.values())} units). Compute the scores on this model.")
-    drop = select_units(scores, sets, ratio, scope, remove)
+    from workbench._checks import check_int
+
+    drop = select_units(scores, sets, ratio, scope, remove, check_int(min_keep, "min_keep", minimum=0))
     for s in sets:
         idx = drop[s.key]
         if not idx:
