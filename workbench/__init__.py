@@ -35,6 +35,7 @@ _EXPORTS = {
     "explain_dataset": "workbench.explain:explain_dataset",
     "resolve_device": "workbench._device:resolve_device",
     "pruning": "workbench.pruning",
+    "concepts": "workbench.concepts",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__", "communities", "Communities"]

@@ -1,4 +1,7 @@
-"""``workbench train``: train a model on a data source; writes a checkpoint and metrics.json."""
+"""``workbench train``: train a model on a data source; writes a checkpoint and metrics.json.
+
+With ``--concepts`` it trains a concept bottleneck (``workbench.concepts.create``) and adds its concept
+quality report (``workbench.concepts.quality``) to metrics.json."""
 from __future__ import annotations
 
 import argparse
@@ -16,6 +19,8 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     kw = data_kw(args)
+    if getattr(args, "concept_columns", None):
+        kw["concept_columns"] = [c.strip() for c in args.concept_columns.split(",") if c.strip()]
     train = load_split(args.data, "train", **kw)
     val = try_split(args.data, "val", **kw)
     test = try_split(args.data, "test", **kw)
@@ -27,8 +32,11 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
         mkw["patch_size"] = args.patch_size
     if args.depth:
         mkw["depth"] = args.depth
-    model = models.create(args.model, num_classes=train.num_classes, img_size=size,
-                          in_chans=int(shape[0]), **mkw)
+    if getattr(args, "concepts", None):
+        model, train, val, test = _concept_model(args, train, val, test, size, int(shape[0]), mkw)
+    else:
+        model = models.create(args.model, num_classes=train.num_classes, img_size=size,
+                              in_chans=int(shape[0]), **mkw)
     augment = None
     if args.augment:
         from workbench.data.transforms import RandomAffine
@@ -44,8 +52,31 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
                               "model": model.workbench_config}
     if test is not None:
         result["test"] = evaluate(model, test, device=args.device, bootstrap=args.bootstrap).to_dict()
+        if getattr(args, "concepts", None):
+            from workbench.concepts import quality
+
+            report = quality(model, test, device=args.device)
+            result["concepts"] = {**report.summary(), "per_concept": report.concepts.to_dict(orient="index"),
+                                  "leakage": report.leakage}
     write_json(out / "metrics.json", result)
     return result
+
+
+def _concept_model(args: argparse.Namespace, train: Any, val: Any, test: Any, size: tuple[int, ...], in_chans: int,
+                   mkw: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+    """A concept bottleneck for ``--concepts`` and the splits restricted to its concepts."""
+    from workbench.concepts import create, select_concepts
+
+    have = tuple(getattr(train, "concept_names", ()) or ())
+    if not have:
+        raise ValueError(f"--concepts needs a dataset with concept labels; {args.data} has none (the phantom has "
+                         "its findings; for a folder add --concept-columns col1,col2).")
+    names = list(have) if args.concepts.strip() == "all" else [c.strip() for c in args.concepts.split(",") if c.strip()]
+    train, val, test = (None if d is None else select_concepts(d, names) for d in (train, val, test))
+    model = create(args.model, concepts=names, num_classes=train.num_classes, mode=args.concept_mode,
+                   head=args.concept_head, concept_weight=args.concept_weight, sparsity=args.sparsity,
+                   classes=train.classes, img_size=size, in_chans=in_chans, **mkw)
+    return model, train, val, test
 
 
 def register(sub: Any) -> None:
@@ -66,6 +97,14 @@ def register(sub: Any) -> None:
     t.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for test CIs")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-progress", action="store_true")
+    c = t.add_argument_group("concept bottleneck (workbench.concepts)")
+    c.add_argument("--concepts", default=None, help="train a concept bottleneck on these concepts: 'all' or "
+                   "comma-separated names (the phantom: nodule,effusion,cardiomegaly,pneumothorax,consolidation)")
+    c.add_argument("--concept-columns", default=None, help="folder datasets: 0/1 columns of labels.csv holding concepts")
+    c.add_argument("--concept-mode", default="joint", choices=("joint", "sequential", "independent"))
+    c.add_argument("--concept-head", default="linear", choices=("linear", "mlp"))
+    c.add_argument("--concept-weight", type=float, default=1.0, help="weight of the concept loss")
+    c.add_argument("--sparsity", type=float, default=0.0, help="L1 weight on a linear task head")
     t.set_defaults(func=run)
 
 

@@ -26,6 +26,9 @@ first image and ``size=``); ``lazy=True/False`` forces either.
 * ``split``: with a ``split`` column only its matching rows are returned (``split=None`` or "all":
   every row); without one the folder is a single split and every sample is returned (with a
   warning when a split other than "train" is requested).
+* Concepts: ``concept_columns=[col, ...]`` names 0/1 columns of labels.csv that become the dataset's
+  concepts (``concepts`` (N, K), ``concept_names``; for concept bottlenecks); an empty cell is a missing
+  label (NaN, masked out of the concept loss). They are not copied into ``meta``.
 * Masks: a file ``masks/<structure>/<id>.png`` (0 / 255; > 127 counts as inside) means the structure
   is annotated for that image; a missing file means not annotated (``mask_present`` False).
 * Images: 8-bit files stay uint8 in memory; 16-bit PNG/TIFF and DICOM are float32 at full depth
@@ -98,6 +101,8 @@ class _Index:
     structures: list[str]
     mask_files: dict[str, dict[str, Path]]
     name: str
+    concepts: torch.Tensor | None = None
+    concept_names: tuple[str, ...] = ()
 
     def masks(self, k: int, image_hw: tuple[int, int], out_hw: tuple[int, int]) -> dict[str, np.ndarray]:
         """Sample k's annotated masks, checked against its image's geometry and resized to ``out_hw``."""
@@ -115,7 +120,8 @@ class _Index:
         return out
 
 
-def _index(root: Path, split: str | None, label_column: Any, n: int | None, name: str | None) -> _Index:
+def _index(root: Path, split: str | None, label_column: Any, n: int | None, name: str | None,
+           concept_columns: Sequence[str] | None = None) -> _Index:
     import pandas as pd
     img_dir = root / "images"
     if not img_dir.is_dir():
@@ -190,7 +196,8 @@ def _index(root: Path, split: str | None, label_column: Any, n: int | None, name
         if block.isna().any().any() or not block.isin([0, 1, True, False]).all().all():
             raise ValueError(f"{csv}: multilabel columns {label_cols} must hold only 0/1 values.")
         labels, classes, task = torch.as_tensor(block.to_numpy(dtype=np.float32)), tuple(label_cols), "multilabel"
-    meta_cols = [c for c in df.columns if c != "id" and c not in label_cols]
+    concepts, concept_names = _concepts(df, concept_columns, csv if csv.is_file() else None)
+    meta_cols = [c for c in df.columns if c != "id" and c not in label_cols and c not in concept_names]
     # one dict per row, also with no metadata columns (pandas 3.0.6 iterates no rows of a column-less frame)
     columns = [df[c].tolist() for c in meta_cols]
     meta = [{c: _as_py(col[r]) for c, col in zip(meta_cols, columns)} for r in range(len(df))]
@@ -200,13 +207,44 @@ def _index(root: Path, split: str | None, label_column: Any, n: int | None, name
     mask_files = {s: {f.stem: f for f in (mask_root / s).iterdir()
                       if f.suffix.lower() in IMAGE_EXTS and f.is_file()} for s in structures}
     return _Index(root=root, ids=ids, files=[files[i] for i in ids], labels=labels, classes=classes, task=task,
-                  meta=meta, structures=structures, mask_files=mask_files, name=name or root.name)
+                  meta=meta, structures=structures, mask_files=mask_files, name=name or root.name,
+                  concepts=concepts, concept_names=concept_names)
+
+
+def _concepts(df: Any, columns: Sequence[str] | None, csv: Path | None) -> tuple[torch.Tensor | None, tuple[str, ...]]:
+    """(N, K) float concepts (NaN where a cell is empty) from 0/1 columns of labels.csv."""
+    import pandas as pd
+    if columns is None:
+        return None, ()
+    columns = [columns] if isinstance(columns, str) else list(columns)
+    if not columns:
+        raise ValueError("concept_columns is empty; name the 0/1 columns of labels.csv that hold concepts.")
+    if csv is None:
+        raise ValueError(f"concept_columns={columns} needs a labels.csv with those columns; the folder has none.")
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{csv} has no concept column(s) {missing}; its columns are {list(df.columns)}.")
+    cols = []
+    for c in columns:
+        try:
+            cols.append(pd.to_numeric(df[c].astype(object).replace({True: 1, False: 0}), errors="raise")
+                        .to_numpy(dtype=np.float64))
+        except (ValueError, TypeError):
+            raise ValueError(f"{csv}: concept column {c!r} must hold 0/1 values (empty for a missing label); got "
+                             f"values such as {df[c].dropna().astype(str).unique()[:5].tolist()}.") from None
+    values = np.stack(cols, 1)
+    known = values[~np.isnan(values)]
+    if not np.isin(known, (0.0, 1.0)).all():
+        bad = sorted(set(known[~np.isin(known, (0.0, 1.0))].tolist()))[:5]
+        raise ValueError(f"{csv}: concept columns {columns} must hold 0/1 values (empty for a missing label); got "
+                         f"{bad}.")
+    return torch.as_tensor(values, dtype=torch.float32), tuple(columns)
 
 
 def load_folder(root: str | Path, split: str | None = "train", size: Any = None, *,
                 label_column: str | Sequence[str] | None = "label", n: int | None = None,
                 channels: int | None = None, name: str | None = None,
-                lazy: bool | None = None) -> ArrayDataset | "FolderDataset":
+                lazy: bool | None = None, concept_columns: Sequence[str] | None = None) -> ArrayDataset | "FolderDataset":
     """Load a folder dataset, in memory or lazily (see the module docstring for the layout and rules).
 
     Args:
@@ -220,6 +258,7 @@ def load_folder(root: str | Path, split: str | None = "train", size: Any = None,
         name: dataset name (default the folder name).
         lazy: True for a ``FolderDataset`` read on access, False to read everything now, None to
             decide by size (``LAZY_IMAGES``, ``LAZY_BYTES``).
+        concept_columns: 0/1 columns of labels.csv to load as concepts (empty cells: missing, NaN).
 
     Returns:
         ArrayDataset (uint8 images (N, C, H, W), float for 16-bit/DICOM sources) or FolderDataset,
@@ -230,7 +269,7 @@ def load_folder(root: str | Path, split: str | None = "train", size: Any = None,
         raise ValueError(f"channels must be 1, 3 or None (keep); got {channels!r}.")
     if lazy not in (None, True, False):
         raise ValueError(f"lazy must be True, False or None (decide by size); got {lazy!r}.")
-    index = _index(root, split, label_column, n, name)
+    index = _index(root, split, label_column, n, name, concept_columns)
     if lazy is None:
         lazy = _too_big(index, size, channels)
     if lazy:
@@ -266,7 +305,8 @@ def load_folder(root: str | Path, split: str | None = "train", size: Any = None,
         full[s] = torch.from_numpy(stack)
         pres[s] = torch.tensor([s in ms for ms in mask_arrays], dtype=torch.bool)
     return ArrayDataset(torch.from_numpy(out), index.labels, classes=index.classes, task=index.task, masks=full,
-                        mask_present=pres, meta=metas, ids=index.ids, name=index.name)
+                        mask_present=pres, concepts=index.concepts, concept_names=index.concept_names, meta=metas,
+                        ids=index.ids, name=index.name)
 
 
 def _first_image(index: _Index) -> np.ndarray:
@@ -317,7 +357,7 @@ class FolderDataset(BaseDataset):
         self.structures = tuple(index.structures)
         self.mask_present = {s: torch.tensor([i in index.mask_files[s] for i in index.ids], dtype=torch.bool)
                              for s in index.structures}
-        self.concept_names: tuple[str, ...] = ()
+        self.concepts, self.concept_names = index.concepts, tuple(index.concept_names)
         self.transform, self.name = transform, index.name
 
     def __len__(self) -> int:
@@ -331,7 +371,8 @@ class FolderDataset(BaseDataset):
         x = torch.from_numpy(np.ascontiguousarray(prepare(a, self.hw, self.channels, True)))
         masks = {s: torch.from_numpy(np.ascontiguousarray(m))
                  for s, m in self._index.masks(i, a.shape[:2], self.hw).items()}
-        return {"image": x, "label": self.labels[i], "masks": masks, "concepts": None,
+        return {"image": x, "label": self.labels[i], "masks": masks,
+                "concepts": None if self.concepts is None else self.concepts[i],
                 "meta": {**self.meta[i], **file_meta} if file_meta else self.meta[i], "id": self.ids[i], "index": i,
                 "source_size": tuple(a.shape[:2])}  # the file's (H, W), for masks made at that size
 

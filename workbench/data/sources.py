@@ -93,7 +93,7 @@ def load(source: str | os.PathLike, split: str | None = "train", size: int | Seq
             all now (an ``ArrayDataset``), None (default) goes lazy above 10,000 images or 1 GiB
             (``workbench.data.folder``). Other sources are always in memory.
         **options: source-specific options (phantom: task, sites, shortcut, cache, progress...;
-            .npz/MedMNIST: task, classes).
+            .npz/MedMNIST: task, classes; folders: name, concept_columns).
 
     Returns:
         An in-memory ArrayDataset (images uint8 or float (N, C, H, W), labels, masks, meta), or
@@ -135,10 +135,10 @@ def load(source: str | os.PathLike, split: str | None = "train", size: int | Seq
         raise TypeError(f"source must be a string or a path; got {type(source).__name__}. Valid: {_valid_forms()}.")
     path = Path(source).expanduser()
     if path.is_dir():
-        _check_options(options, ("name",), source)
+        _check_options(options, ("name", "concept_columns"), source)
         from workbench.data.folder import load_folder
         ds = load_folder(path, split, size, label_column=label_column, n=n, channels=channels,
-                         name=options.get("name"), lazy=lazy)
+                         name=options.get("name"), lazy=lazy, concept_columns=options.get("concept_columns"))
         ds.transform = transform
         return ds
     if path.suffix.lower() == ".npz":

@@ -149,7 +149,7 @@ def _read_weights(weights: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
 
 
 _ARCH_KEYS = ("timm_name", "num_classes", "img_size", "in_chans", "attention", "communities", "kw", "dcmm", "normalize",
-              "pruning")
+              "pruning", "kind", "concepts", "backbone")
 
 
 def _pruned_note(saved: dict[str, Any] | None, cfg: dict[str, Any]) -> str:
@@ -162,6 +162,23 @@ def _pruned_note(saved: dict[str, Any] | None, cfg: dict[str, Any]) -> str:
                 "the dense architecture cannot take: load it with workbench.models.load(path), which rebuilds the "
                 "pruned shapes. ")
     return "The checkpoint holds a dense model but the model it is loaded into was pruned. "
+
+
+#: Models that are more than one ``create`` call, by the ``kind`` key of their config: ``module:function``
+#: rebuilding the model (random weights) from its config; imported only when such a checkpoint is loaded.
+BUILDERS = {"concept_bottleneck": "workbench.concepts._model:from_config"}
+
+
+def _build(cfg: dict[str, Any]) -> torch.nn.Module:
+    kind = cfg.get("kind")
+    if kind is None:
+        return create_from_config(cfg)
+    if kind not in BUILDERS:
+        raise ValueError(f"unknown model kind {kind!r}; known kinds are {sorted(BUILDERS)}.")
+    import importlib
+
+    mod, _, fn = BUILDERS[kind].partition(":")
+    return getattr(importlib.import_module(mod), fn)(cfg)
 
 
 def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
@@ -211,8 +228,8 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> t
                 f"{_arch(saved_cfg)} (they differ in {diff}). The JSON was edited or comes from another "
                 "save; restore it or re-save the model with workbench.models.save.")
     try:
-        model = create_from_config(cfg)
-    except (ValueError, TypeError) as e:
+        model = _build(cfg)
+    except (ValueError, TypeError, KeyError) as e:
         raise ValueError(f"checkpoint config {config} cannot rebuild a model: {e}") from e
     try:
         model.load_state_dict(state, strict=True)

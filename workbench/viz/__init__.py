@@ -70,6 +70,12 @@ _EXPORTS = {
     "score_profile": "workbench.viz.pruning",
     "sweep_curves": "workbench.viz.pruning",
     "report_figure": "workbench.viz.pruning",
+    # concept bottlenecks (issue 12)
+    "contribution_bars": "workbench.viz.concepts",
+    "concept_intervention_curves": "workbench.viz.concepts",
+    "tcav_bars": "workbench.viz.concepts",
+    "concept_map": "workbench.viz.concepts",
+    "concept_panel": "workbench.viz.concepts",
 }
 
 

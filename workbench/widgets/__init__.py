@@ -9,6 +9,8 @@ only when a widget is used):
   profiles (``latents.py``).
 - ``pruner(model, calibration, test)``: pruning ratio, criterion and unit -> AUC, latency, size and
   relevance maps before/after with anatomy contours (``prune_view.py``).
+- ``concept_explorer(cbm, dataset)``: concept sliders, interventions, class evidence maps
+  (``concept_sliders.py``).
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ _EXPORTS = {
     "LatentBrowser": "latents",
     "pruner": "prune_view",
     "Pruner": "prune_view",
+    "concept_explorer": "concept_sliders",
+    "ConceptExplorer": "concept_sliders",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,51 @@
+"""Concept bottlenecks: train, explain, intervene, and repair a new site without training.
+
+Concept models (Koh et al. 2020) over any backbone of ``wb.models.create``, trained by ``wb.fit``; a
+concept model is an ``nn.Module`` whose ``forward`` returns class logits, so evaluation, attribution
+and pruning work on it unchanged.
+
+=============================  =====================================================================
+verb                           what
+=============================  =====================================================================
+``create``                     a CBM (joint, sequential, independent; linear, sparse or MLP head)
+``posthoc``                    a post-hoc CBM over a frozen model's features projected on CAVs
+``predict`` / ``intervene``    concept and class probabilities, contributions; set concepts
+``intervention_curve``         accuracy/AUC vs concepts corrected (random, uncertainty, expected change)
+``concept_maps``               where each concept is evidenced (ViT tokens, Grad-CAM), scored vs masks
+``quality``                    concept AUCs, task AUC, completeness, leakage, head sparsity
+``learn_cavs`` / ``tcav``      CAVs at any layer (images or structure masks); TCAV with its t-test
+``test_time_improve``          training-free repair at a new site (after He et al. 2025)
+``finetune_head``              the gradient baseline: the task head retrained on the support set
+``concept_source``             the adapter over concept sources: labels, CAVs, text (CLIP), SAE
+=============================  =====================================================================
+
+Examples:
+    >>> import torch, workbench as wb
+    >>> cbm = wb.concepts.create("vit_tiny", concepts=["nodule", "effusion"], num_classes=3, img_size=32,
+    ...                          in_chans=1, patch_size=8, depth=2, embed_dim=32, num_heads=2)
+    >>> p = wb.concepts.intervene(cbm, torch.rand(2, 1, 32, 32), {"nodule": 1.0})
+    >>> p.concepts[:, 0].tolist(), tuple(p.probs.shape)
+    ([1.0, 1.0], (2, 3))
+"""
+from __future__ import annotations
+
+from ._model import ConceptBottleneck, calibrate_, create, from_config, posthoc
+from ._predict import ConceptPrediction, intervene, predict
+from .cav import CAVSet, TCAVResult, layer_activations, learn_cavs, tcav
+from .interventions import ORDERS, InterventionCurve, intervention_curve
+from .maps import ConceptMaps, concept_maps, score_concept_maps
+from .quality import ConceptReport, quality
+from .sources import (SOURCES, CAVConcepts, LabelConcepts, TextConcepts, concept_source, select_concepts,
+                      with_concepts)
+from .tti import TTIReport, finetune_head, test_time_improve
+
+__all__ = [
+    "ConceptBottleneck", "create", "posthoc", "from_config", "calibrate_",
+    "ConceptPrediction", "predict", "intervene",
+    "InterventionCurve", "intervention_curve", "ORDERS",
+    "ConceptMaps", "concept_maps", "score_concept_maps",
+    "ConceptReport", "quality",
+    "CAVSet", "TCAVResult", "learn_cavs", "tcav", "layer_activations",
+    "TTIReport", "test_time_improve", "finetune_head",
+    "SOURCES", "concept_source", "LabelConcepts", "CAVConcepts", "TextConcepts", "select_concepts", "with_concepts",
+]
