@@ -24,7 +24,8 @@ class ConceptPrediction:
         head_input: (B, K) what the task head read (after interventions).
         contributions: (B, C, K) each concept's contribution to each class logit, relative to the
             concept being absent (exact for a linear head: ``W[c, k] * (a_k - a0_k)``; integrated
-            gradients from "all absent" for an MLP head). ``logits = base + contributions.sum(-1)``.
+            gradients from "all absent" for an MLP head, 32 steps). ``logits = base +
+            contributions.sum(-1)`` (exactly for a linear head, up to the integration error for an MLP).
         base: (B, C) the class logits with every concept absent.
         names: the K concept names; ``classes``: the C class names.
         intervened: (B, K) bool, True where a concept was set by an intervention.

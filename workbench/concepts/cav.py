@@ -102,6 +102,9 @@ def _pooled_logits(model: nn.Module, feats: torch.Tensor) -> torch.Tensor:
 
     if isinstance(model, ConceptBottleneck):
         return model.forward_concepts(model.head_input(model.adapt(model.concept_head(feats))))
+    if not hasattr(model, "get_classifier"):
+        raise ValueError(f"TCAV at layer='pooled' needs the model's classifier on pooled features (timm's "
+                         f"get_classifier); {type(model).__name__} has none. Name a module instead (e.g. 'blocks.3').")
     return model.get_classifier()(feats)
 
 
@@ -110,8 +113,8 @@ def _pooled(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
     if isinstance(model, ConceptBottleneck):
         return model.features(x)
-    if not all(hasattr(model, a) for a in ("forward_features", "forward_head", "get_classifier")):
-        raise ValueError(f"layer='pooled' needs a timm-style model (forward_features, forward_head, get_classifier); "
+    if not all(hasattr(model, a) for a in ("forward_features", "forward_head")):
+        raise ValueError(f"layer='pooled' needs a timm-style model (forward_features, forward_head(pre_logits=True)); "
                          f"{type(model).__name__} has none. Name a module instead (e.g. layer='blocks.3').")
     return model.forward_head(model.forward_features(x), pre_logits=True)
 
@@ -128,11 +131,12 @@ def check_layer(model: nn.Module, layer: Any) -> str:
     return layer
 
 
-def _forward(model: nn.Module, x: torch.Tensor, layer: str, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(layer output, logits); the output keeps its graph when ``grad``."""
+def _forward(model: nn.Module, x: torch.Tensor, layer: str, grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(layer output, logits); the output keeps its graph when ``grad`` (pooled features without ``grad``:
+    no logits)."""
     if layer == "pooled":
         feats = _pooled(model, x)
-        return feats, _pooled_logits(model, feats)
+        return feats, (_pooled_logits(model, feats) if grad else None)
     from workbench.capture import record_outputs
 
     with record_outputs(model, [layer], detach=not grad) as rec:
@@ -177,7 +181,9 @@ def layer_gradients(model: nn.Module, images: torch.Tensor, layer: str, target: 
     out = []
     with _Eval(model, device) as (m, dev), torch.enable_grad():
         for sl in _batches(len(x_all), batch_size):
-            act, logits = _forward(m, x_all[sl].to(dev), layer, grad=True)
+            # an input that requires grad keeps the layer in the graph even for parameter-free models;
+            # autograd.grad w.r.t. the layer stops there, so nothing before it is back-propagated
+            act, logits = _forward(m, x_all[sl].to(dev).requires_grad_(True), layer, grad=True)
             t = target[sl].to(logits.device)
             (g,) = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), act)
             out.append(pool_gradients(g.float(), pool, model=m, size=size).cpu())
@@ -366,6 +372,7 @@ class TCAVResult:
         random_scores: (R,) TCAV scores of the null CAVs.
         target: the class explained; ``layer``, ``pool``: where; ``alpha``: the test level.
         directional: (K, R, B) directional derivatives (for cross-checks).
+        cavs: (K, R, F) the unit CAVs of each concept against each random set.
     """
 
     table: Any
@@ -376,6 +383,7 @@ class TCAVResult:
     pool: str
     alpha: float
     directional: torch.Tensor
+    cavs: torch.Tensor
     params: dict[str, Any] = field(default_factory=dict)
 
     def significant(self) -> list[str]:
@@ -473,7 +481,10 @@ def tcav(model: nn.Module, images: Any, examples: Mapping[str, Any], *, layer: s
         d = grads @ (w / max(np.linalg.norm(w), 1e-12))
         return float((d > 0).mean()), float(d.mean()), d
 
-    rows, all_scores, all_dd = {}, [], []
+    def unit(w: np.ndarray) -> np.ndarray:
+        return (w / max(np.linalg.norm(w), 1e-12)).astype(np.float32)
+
+    rows, all_scores, all_dd, all_cavs = {}, [], [], []
     null, null_mag = [], []
     base = rnd_act[sets[0]]
     for i in range(1, n_random + 1):
@@ -487,7 +498,7 @@ def tcav(model: nn.Module, images: Any, examples: Mapping[str, Any], *, layer: s
             pos = layer_activations(model, imgs[pick], layer, pool="mask", masks=masks[pick], **kw).numpy()
         else:
             pos = layer_activations(model, imgs[pick], layer, pool=pool, **kw).numpy()
-        sc, mags, dds, accs = [], [], [], []
+        sc, mags, dds, accs, vs = [], [], [], [], []
         for i in range(1, n_random + 1):
             neg = rnd_act[sets[i]]
             w, b = fit_probe(pos, neg, classifier=classifier, c=c, seed=seed + i)
@@ -495,6 +506,7 @@ def tcav(model: nn.Module, images: Any, examples: Mapping[str, Any], *, layer: s
             sc.append(s)
             mags.append(m)
             dds.append(d)
+            vs.append(unit(w))
             accs.append(float(np.concatenate([(pos @ w + b) > 0, (neg @ w + b) <= 0]).mean()))
         p = _two_sided_p(sc, null)
         rows[name] = {"score": float(np.mean(sc)), "score_std": float(np.std(sc, ddof=1)),
@@ -503,6 +515,7 @@ def tcav(model: nn.Module, images: Any, examples: Mapping[str, Any], *, layer: s
                       "magnitude": float(np.mean(mags)), "cav_accuracy": float(np.mean(accs))}
         all_scores.append(sc)
         all_dd.append(np.stack(dds))
+        all_cavs.append(np.stack(vs))
     import pandas as pd
 
     table = pd.DataFrame.from_dict(rows, orient="index")
@@ -510,6 +523,7 @@ def tcav(model: nn.Module, images: Any, examples: Mapping[str, Any], *, layer: s
     return TCAVResult(table=table, scores=torch.tensor(all_scores, dtype=torch.float32),
                       random_scores=torch.tensor(null, dtype=torch.float32), target=int(target), layer=layer,
                       pool=pool, alpha=float(alpha), directional=torch.as_tensor(np.stack(all_dd), dtype=torch.float32),
+                      cavs=torch.as_tensor(np.stack(all_cavs)),
                       params={"n_random": n_random, "n_examples": int(n), "classifier": classifier, "c": c,
                               "seed": seed, "n_images": int(len(x)),
                               "random_magnitude": float(np.mean(null_mag)) if null_mag else math.nan})

@@ -28,7 +28,7 @@ statistics ``wb.fit`` kept; plus the source's overall mean logit per concept.
    source's, with ``g`` kept in ``[1, max_gain]``, applied with strength ``lambda``:
    ``g' = 1 + lambda (g - 1)``, ``b' = lambda b``.
 4. **Thresholds by leave-one-out on the support set.** ``tau_m`` and ``tau_a`` range over "none" and the
-   values that admit the 1..K most harmful concepts, ``lambda`` over ``strengths``; for each candidate,
+   midpoints that admit the 1..K most harmful concepts, ``lambda`` over ``strengths``; for each candidate,
    each support image is predicted by the adaptation planned on the other support images; the
    candidate with the best leave-one-out accuracy wins (ties: fewer changed concepts, then a smaller
    ``lambda``; doing nothing is always a candidate).
@@ -195,10 +195,12 @@ def _plan(stats: tuple[torch.Tensor, ...], mu_all: torch.Tensor, tau_m: float, t
 
 
 def _thresholds(scores: torch.Tensor) -> list[float]:
-    """inf (select none) and, for each concept with a negative score, a threshold admitting it and the
-    concepts more harmful than it."""
+    """Candidate thresholds on the harm ``-score``: inf (select none), then midpoints between successive
+    harms (sorted, largest first) and half the smallest, so each admits the 1..K most harmful concepts
+    with a margin for the leave-one-out folds, whose scores move a little."""
     harm = sorted({float(-v) for v in scores.tolist() if v < 0}, reverse=True)
-    return [float("inf")] + [h * (1 - 1e-6) for h in harm]
+    cuts = [(a + b) / 2 for a, b in zip(harm, harm[1:])] + ([harm[-1] / 2] if harm else [])
+    return [float("inf")] + cuts
 
 
 def test_time_improve(cbm: ConceptBottleneck, support: Any, *, source: Any = None, strengths: Sequence[float] = (0.5, 1.0),
