@@ -201,3 +201,76 @@ def test_latent_browser_in_jupyterlab(lab, tmp_path):
             raise AssertionError(f"browser test failed; screenshot in {shots}; cell outputs: {texts}")
         finally:
             browser.close()
+
+
+CONCEPT_CELLS = [
+    "import torch, workbench as wb\n"
+    "from workbench.widgets import concept_explorer\n"
+    "torch.manual_seed(0)\n"
+    "data = wb.data.load('phantom', split='test', n=6, size=32, task='diagnosis', progress=False)\n"
+    "cbm = wb.concepts.create('vit_tiny', concepts=data, num_classes=6, classes=data.classes, img_size=32,\n"
+    "                         in_chans=1, patch_size=8, depth=1, embed_dim=32, num_heads=2)",
+    "concept_explorer(cbm, data)",
+]
+
+
+def test_concept_explorer_in_jupyterlab(lab, tmp_path):
+    """The concept explorer in a real JupyterLab: "present" on a concept intervenes (the class bars and
+    the evidence map redraw), "reset" undoes it, "next" shows another image."""
+    import nbformat
+    from playwright.sync_api import sync_playwright
+
+    url, root = lab
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CONCEPT_CELLS])
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nbformat.write(nb, root / "concepts.ipynb")
+    shots = ROOT / "outputs" / "browser"
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(url.replace(NOTEBOOK, "concepts.ipynb"))
+            page.wait_for_selector(".jp-NotebookPanel .jp-Notebook", timeout=120_000)
+            try:
+                page.locator(".jp-Dialog .jp-mod-accept").first.click(timeout=20_000)
+            except Exception:  # no dialog: the kernel started by itself
+                pass
+            page.wait_for_function("() => (document.querySelector('#jp-main-statusbar') || document.body)"
+                                   ".innerText.includes('Idle')", timeout=120_000)
+            page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+            page.locator('.lm-Menu-item[data-command="runmenu:run-all"], '
+                         '.lm-Menu-item[data-command="notebook:run-all-cells"]').first.click()
+            widget = page.locator(".wb-concepts")
+            widget.wait_for(state="visible", timeout=300_000)
+            img = page.locator(".wb-concepts .wb-concept-map").first
+            bars = page.locator(".wb-concepts .wb-class-bars").first
+            page.wait_for_function("(el) => el.getAttribute('src') && el.naturalWidth > 0", arg=img.element_handle(),
+                                   timeout=60_000)
+            widget.scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "concepts_before.png"), full_page=False)
+            classes0 = bars.inner_html()
+            src0 = img.get_attribute("src")
+            page.locator(".wb-concepts .wb-present-3").first.click()  # pneumothorax present
+            page.wait_for_function("([el, old]) => el.innerHTML !== old", arg=[bars.element_handle(), classes0],
+                                   timeout=60_000)
+            page.wait_for_function("([el, old]) => el.getAttribute('src') !== old && el.naturalWidth > 0",
+                                   arg=[img.element_handle(), src0], timeout=60_000)
+            assert "pneumothorax=1.00" in widget.inner_text()
+            page.screenshot(path=str(shots / "concepts_intervened.png"), full_page=False)
+            page.locator(".wb-concepts .wb-reset").first.click()
+            page.wait_for_function("([el, old]) => el.innerHTML === old", arg=[bars.element_handle(), classes0],
+                                   timeout=60_000)
+            page.locator(".wb-concepts .wb-next").first.click()
+            page.wait_for_function("([el, old]) => el.innerHTML !== old", arg=[bars.element_handle(), classes0],
+                                   timeout=60_000)
+            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'] .ansi-red-fg, "
+                                  ".jp-RenderedText[data-mime-type='application/vnd.jupyter.error']")
+            assert errors.count() == 0, errors.first.inner_text()
+        except Exception:
+            page.screenshot(path=str(shots / "concepts_failure.png"), full_page=True)
+            outs = page.locator(".jp-OutputArea-output")
+            texts = [outs.nth(i).inner_text()[:500] for i in range(outs.count())]
+            raise AssertionError(f"browser test failed; screenshot in {shots}; cell outputs: {texts}")
+        finally:
+            browser.close()

@@ -259,7 +259,7 @@ def _site(scale0: float, reps: int, shift1: float = 0.0):
     v = c.clone()
     v[:, 0] = 0.5 + (c[:, 0] - 0.5) * scale0 - 0.2 * (scale0 < 1)
     v[:, 1] = v[:, 1] + shift1
-    return oracle_data(v.clamp(0, 1.2), concepts=c)
+    return oracle_data(v.clamp(0, 1), concepts=c)
 
 
 def test_test_time_improve_amplifies_under_activated_concept():

@@ -107,7 +107,7 @@ def test_tcav_and_cavs_bad_input():
     model = Planted()
     with pytest.raises(ValueError, match=r"'tiny' has 3 example\(s\); a CAV needs at least 10"):
         wc.tcav(model, _images(4, 0), {"tiny": _images(3, 1)}, layer="enc", target=1, random=_images(60, 2))
-    with pytest.raises(ValueError, match="n_random must be an int >= 2"):
+    with pytest.raises(ValueError, match=r"n_random \(the t-test needs several random CAVs\) must be an int >= 2"):
         wc.tcav(model, _images(4, 0), {"zero": _images(20, 1, 0)}, layer="enc", target=1, random=_images(60, 2),
                 n_random=1)
     with pytest.raises(ValueError, match="model has no layer 'blocks.9'"):
@@ -183,3 +183,18 @@ def test_concept_maps_vit_tokens_and_cnn_gradcam_scored_against_masks():
         wc.concept_maps(cnn, b, method="tokens")
     with pytest.raises(ValueError, match="no mask is named like the concepts"):
         wc.score_concept_maps(gm, {"heart": b["masks"]["heart"]})
+
+
+def test_sae_source_latents_as_concepts():
+    from test_sae_analysis import MaskNet, exact_sae, planted_data
+
+    data, model, sae = planted_data(), MaskNet("nodule").eval(), exact_sae()
+    src = wc.concept_source("sae", sae, model, latents=[2, 1], names=["nodule", "device"])
+    s = src.scores(data.batch()["image"])
+    assert torch.allclose(s, wb.sae.latents(sae, model, data).pooled[:, [2, 1]])
+    ann = src.annotate(data)
+    present = data.masks["nodule"].flatten(1).any(1)
+    assert ann.concept_names == ("nodule", "device") and ((ann.concepts >= 0) & (ann.concepts <= 1)).all()
+    assert (ann.concepts[present, 0] > 0).all() and (ann.concepts[~present, 0] == 0).all()
+    with pytest.raises(ValueError, match="out of range for an SAE with 8 latents"):
+        wc.concept_source("sae", sae, model, latents=[9])

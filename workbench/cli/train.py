@@ -21,6 +21,8 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     kw = data_kw(args)
     if getattr(args, "concept_columns", None):
         kw["concept_columns"] = [c.strip() for c in args.concept_columns.split(",") if c.strip()]
+    if getattr(args, "task", None):
+        kw["task"] = args.task
     train = load_split(args.data, "train", **kw)
     val = try_split(args.data, "val", **kw)
     test = try_split(args.data, "test", **kw)
@@ -92,6 +94,7 @@ def register(sub: Any) -> None:
     t.add_argument("--depth", type=int, default=None, help="ViT depth (number of blocks)")
     t.add_argument("--device", default="auto")
     t.add_argument("--label-column", default=None, help="folder datasets: target column of labels.csv")
+    t.add_argument("--task", default=None, help="phantom / .npz: the task (phantom: abnormal, findings or diagnosis)")
     t.add_argument("--early-stopping", type=int, default=5, help="patience in epochs on val AUC")
     t.add_argument("--augment", action="store_true", help="RandomAffine augmentation")
     t.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for test CIs")

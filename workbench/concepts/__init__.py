@@ -14,8 +14,10 @@ verb                           what
 ``concept_maps``               where each concept is evidenced (ViT tokens, Grad-CAM), scored vs masks
 ``quality``                    concept AUCs, task AUC, completeness, leakage, head sparsity
 ``learn_cavs`` / ``tcav``      CAVs at any layer (images or structure masks); TCAV with its t-test
+``concept_examples``           example images of concepts from a dataset's labels and meta flags
 ``test_time_improve``          training-free repair at a new site (after He et al. 2025)
 ``finetune_head``              the gradient baseline: the task head retrained on the support set
+``support_set``                a few labelled images per class drawn from a new site
 ``concept_source``             the adapter over concept sources: labels, CAVs, text (CLIP), SAE
 =============================  =====================================================================
 
@@ -31,13 +33,13 @@ from __future__ import annotations
 
 from ._model import ConceptBottleneck, calibrate_, create, from_config, posthoc
 from ._predict import ConceptPrediction, intervene, predict
-from .cav import CAVSet, TCAVResult, layer_activations, learn_cavs, tcav
+from .cav import CAVSet, TCAVResult, concept_examples, layer_activations, learn_cavs, random_images, tcav
 from .interventions import ORDERS, InterventionCurve, intervention_curve
 from .maps import ConceptMaps, concept_maps, score_concept_maps
 from .quality import ConceptReport, quality
-from .sources import (SOURCES, CAVConcepts, LabelConcepts, TextConcepts, concept_source, select_concepts,
-                      with_concepts)
-from .tti import TTIReport, finetune_head, test_time_improve
+from .sources import (SOURCES, CAVConcepts, LabelConcepts, SAEConcepts, TextConcepts, concept_source,
+                      select_concepts, with_concepts)
+from .tti import TTIReport, finetune_head, support_set, test_time_improve
 
 __all__ = [
     "ConceptBottleneck", "create", "posthoc", "from_config", "calibrate_",
@@ -45,7 +47,7 @@ __all__ = [
     "InterventionCurve", "intervention_curve", "ORDERS",
     "ConceptMaps", "concept_maps", "score_concept_maps",
     "ConceptReport", "quality",
-    "CAVSet", "TCAVResult", "learn_cavs", "tcav", "layer_activations",
-    "TTIReport", "test_time_improve", "finetune_head",
-    "SOURCES", "concept_source", "LabelConcepts", "CAVConcepts", "TextConcepts", "select_concepts", "with_concepts",
+    "CAVSet", "TCAVResult", "learn_cavs", "tcav", "layer_activations", "concept_examples", "random_images",
+    "TTIReport", "test_time_improve", "finetune_head", "support_set",
+    "SOURCES", "concept_source", "LabelConcepts", "CAVConcepts", "TextConcepts", "SAEConcepts", "select_concepts", "with_concepts",
 ]

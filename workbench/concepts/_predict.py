@@ -159,7 +159,7 @@ def intervene(cbm: ConceptBottleneck, images: Any, values: Mapping[Any, Any], *,
     """
     cbm = check_cbm(cbm, "intervene")
     true_src = images.get("concepts") if isinstance(images, Mapping) else None
-    x = check_images(images)
+    x = check_images(images, model=cbm)
     if not isinstance(values, Mapping):
         raise TypeError(f"values must be a dict {{concept: value}}; got {type(values).__name__}.")
     b, k = x.shape[0], cbm.num_concepts

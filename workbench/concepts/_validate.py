@@ -1,37 +1,28 @@
-"""Input checks at the boundary of the concept verbs, in one place (switch to ``workbench._checks``
-when it lands). Each raises a ValueError/TypeError saying what was received, what was expected and
-what to do."""
+"""Input checks at the boundary of the concept verbs: images, models and common arguments through
+``workbench._checks`` (the package's one validation layer); the checks only concepts need (concept
+names and values, concept labels) here. Each raises a ValueError/TypeError saying what was received,
+what was expected and what to do."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
 import torch
+from torch import nn
+
+from workbench._checks import check_choice, check_int, check_model, check_number, check_output_path  # noqa: F401
 
 
-def check_images(images: Any, name: str = "images", in_chans: int | None = None) -> torch.Tensor:
-    """A (B, C, H, W) float tensor in [0, 1] (uint8 is scaled), finite."""
+def check_images(images: Any, name: str = "images", model: nn.Module | None = None) -> torch.Tensor:
+    """A (B, C, H, W) float tensor in [0, 1] (uint8 is scaled; a batch dict gives its "image"), finite,
+    fitting ``model`` (a CBM is checked against its backbone)."""
+    from workbench._checks import check_images as _check
+
     if isinstance(images, Mapping) and "image" in images:
         images = images["image"]
-    if not torch.is_tensor(images):
-        raise TypeError(f"{name} must be a (B, C, H, W) tensor of images in [0, 1]; got {type(images).__name__}. "
-                        "Use dataset.batch(indices)['image'].")
-    if images.ndim == 3:
-        raise ValueError(f"{name} has shape {tuple(images.shape)}; expected (B, C, H, W). For one image "
-                         "use images[None].")
-    if images.ndim != 4:
-        raise ValueError(f"{name} must be (B, C, H, W); got shape {tuple(images.shape)}.")
-    if images.dtype == torch.uint8:
-        images = images.float() / 255.0
-    elif not images.is_floating_point():
-        raise TypeError(f"{name} must be float in [0, 1] or uint8; got {images.dtype}.")
-    if images.shape[0] == 0:
-        raise ValueError(f"{name} is empty (batch of 0 images); pass at least one image.")
-    if not torch.isfinite(images).all():
-        raise ValueError(f"{name} contains NaN/inf values; clean or drop those images.")
-    if in_chans is not None and images.shape[1] != in_chans:
-        raise ValueError(f"{name} have {images.shape[1]} channel(s) but the model takes {in_chans}; load the "
-                         f"data with channels={in_chans}.")
-    return images
+    if model is not None:
+        model = getattr(model, "backbone", model)
+    x = _check(images, model, name=name, allow_uint8=True, single=False)
+    return x.float() / 255.0 if x.dtype == torch.uint8 else x
 
 
 def concept_index(names: Sequence[str], key: Any) -> int:
@@ -72,12 +63,3 @@ def check_concept_labels(concepts: Any, n: int, k: int, what: str = "concept lab
         raise ValueError(f"{what} must be in [0, 1] (NaN for a missing label); got values from "
                          f"{float(finite.min()) if finite.numel() else 'nan'} to {float(finite.max()) if finite.numel() else 'nan'}.")
     return c
-
-
-def check_output_path(path: Any) -> None:
-    """A path whose parent can be created (checked before work starts)."""
-    from pathlib import Path
-
-    p = Path(path)
-    if p.exists() and p.is_dir():
-        raise ValueError(f"output path {p} is a folder; pass a file path without suffix, e.g. {p / 'figure'}.")

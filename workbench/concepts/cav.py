@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._validate import check_images
+from ._validate import check_choice, check_images, check_int, check_model, check_number
 
 POOLS = ("flatten", "mean", "mask")
 CLASSIFIERS = ("logistic", "sgd")
@@ -120,6 +120,7 @@ def _pooled(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def check_layer(model: nn.Module, layer: Any) -> str:
+    check_model(model)
     if not isinstance(layer, str):
         raise TypeError(f"layer must be a module name (e.g. 'blocks.3', 'layer4') or 'pooled'; got {layer!r}.")
     if layer != "pooled":
@@ -159,7 +160,8 @@ def layer_activations(model: nn.Module, images: torch.Tensor, layer: str, *, poo
     from ._predict import _Eval
 
     layer = check_layer(model, layer)
-    x_all = check_images(images)
+    x_all = check_images(images, model=model)
+    check_int(batch_size, "batch_size")
     size = tuple(x_all.shape[-2:])
     out = []
     with _Eval(model, device) as (m, dev), torch.no_grad():
@@ -176,7 +178,7 @@ def layer_gradients(model: nn.Module, images: torch.Tensor, layer: str, target: 
     from ._predict import _Eval
 
     layer = check_layer(model, layer)
-    x_all = check_images(images)
+    x_all = check_images(images, model=model)
     size = tuple(x_all.shape[-2:])
     out = []
     with _Eval(model, device) as (m, dev), torch.enable_grad():
@@ -301,8 +303,9 @@ def learn_cavs(model: nn.Module, examples: Mapping[str, Any], *, layer: str = "p
     from sklearn.model_selection import StratifiedKFold
 
     layer = check_layer(model, layer)
-    if classifier not in CLASSIFIERS:
-        raise ValueError(f"classifier must be one of {list(CLASSIFIERS)}; got {classifier!r}.")
+    check_choice(classifier, "classifier", CLASSIFIERS)
+    check_int(min_examples, "min_examples", minimum=2)
+    check_number(c, "c", low=0, low_open=True)
     if not isinstance(examples, Mapping) or not examples:
         raise ValueError("examples must be a non-empty dict {concept name: images or (images, masks)}.")
     names, ws, bs, accs, ns = [], [], [], [], []
@@ -353,6 +356,40 @@ def learn_cavs(model: nn.Module, examples: Mapping[str, Any], *, layer: str = "p
                   weights=torch.stack(ws), biases=torch.tensor(bs, dtype=torch.float32),
                   accuracy=torch.tensor(accs, dtype=torch.float32), n_examples=tuple(ns),
                   params={"classifier": classifier, "c": c, "seed": seed})
+
+
+def concept_examples(data: Any, names: Sequence[str], *, n: int = 50, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Example images of concepts from a dataset's labels: ``{name: (n', C, H, W)}``.
+
+    A name is a concept of the dataset (images whose label is 1) or a boolean field of the samples'
+    ``meta`` (the phantom's distractors ``device`` and ``marker``: images where it is True). At most
+    ``n`` images per concept, drawn at random.
+
+    Raises:
+        ValueError: a name that is neither (the valid ones are listed).
+    """
+    rng = np.random.default_rng(seed)
+    have = tuple(getattr(data, "concept_names", ()) or ())
+    meta = list(getattr(data, "meta", []) or [])
+    flags = sorted({k for m in meta[:50] for k, v in m.items() if isinstance(v, bool)})
+    out = {}
+    for name in names:
+        if name in have:
+            yes = (torch.as_tensor(data.concepts)[:, have.index(name)] == 1).nonzero().flatten().numpy()
+        elif name in flags:
+            yes = np.array([i for i, m in enumerate(meta) if m.get(name) is True])
+        else:
+            raise ValueError(f"unknown concept {name!r}: not among the dataset's concepts {list(have)} nor its "
+                             f"boolean meta fields {flags}.")
+        pick = rng.choice(yes, size=min(n, len(yes)), replace=False) if len(yes) else yes
+        out[str(name)] = data.batch(torch.as_tensor(pick, dtype=torch.long))["image"]
+    return out
+
+
+def random_images(data: Any, n: int = 200, *, seed: int = 0) -> torch.Tensor:
+    """``n`` images drawn at random from a dataset (the pool TCAV draws its random sets from)."""
+    rng = np.random.default_rng(seed)
+    return data.batch(torch.as_tensor(rng.choice(len(data), size=min(n, len(data)), replace=False)))["image"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -444,16 +481,16 @@ def tcav(model: nn.Module, images: Any, examples: Mapping[str, Any], *, layer: s
         A :class:`TCAVResult`.
     """
     layer = check_layer(model, layer)
-    x = check_images(images)
-    rnd = check_images(random, "random")
-    if pool not in POOLS:
-        raise ValueError(f"pool must be one of {list(POOLS)}; got {pool!r}.")
-    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 2:
-        raise ValueError(f"n_random must be an int >= 2 (the t-test needs several random CAVs); got {n_random!r}.")
+    x = check_images(images, model=model)
+    rnd = check_images(random, "random", model=model)
+    check_choice(pool, "pool", POOLS)
+    check_choice(classifier, "classifier", CLASSIFIERS)
+    check_int(n_random, "n_random (the t-test needs several random CAVs)", minimum=2)
+    check_int(min_examples, "min_examples", minimum=2)
+    check_number(c, "c", low=0, low_open=True)
     if not isinstance(examples, Mapping) or not examples:
         raise ValueError("examples must be a non-empty dict {concept name: images or (images, masks)}.")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1); got {alpha!r}.")
+    check_number(alpha, "alpha", low=0, high=1, low_open=True, high_open=True)
     rng = np.random.default_rng(seed)
     unpacked = {str(k): _unpack_examples(str(k), v) for k, v in examples.items()}
     for name, (imgs, _) in unpacked.items():

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ._model import ConceptBottleneck, check_cbm
+from ._validate import check_int, check_number
 
 ORDERS = ("random", "uncertainty", "expected_change")
 
@@ -79,7 +80,7 @@ def _inputs(cbm: ConceptBottleneck, data: Any, batch_size: int, device: Any) -> 
     from ._validate import check_concept_labels, check_images
 
     if isinstance(data, Mapping):
-        x = check_images(data)
+        x = check_images(data, model=cbm)
         if data.get("concepts") is None or data.get("label") is None:
             raise ValueError("a batch dict for intervention curves needs 'label' and 'concepts' (true labels); "
                              "use dataset.batch(indices) of a dataset with concepts.")
@@ -198,10 +199,10 @@ def intervention_curve(cbm: ConceptBottleneck, data: Any, order: str | Sequence[
     bad = [o for o in orders if o not in ORDERS]
     if bad or not orders:
         raise ValueError(f"unknown intervention order(s) {bad or orders}; valid orders are {list(ORDERS)}.")
-    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
-        raise ValueError(f"bootstrap must be an int >= 0; got {bootstrap!r}.")
-    if not 0 < ci < 1:
-        raise ValueError(f"ci must be in (0, 1); got {ci!r}.")
+    check_int(bootstrap, "bootstrap", minimum=0)
+    check_int(random_draws, "random_draws")
+    check_int(batch_size, "batch_size")
+    check_number(ci, "ci", low=0, high=1, low_open=True, high_open=True)
     z, y, true = _inputs(cbm, data, batch_size, device)
     n, k = z.shape
     rng = np.random.default_rng(seed)

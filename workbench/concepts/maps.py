@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._model import ConceptBottleneck, check_cbm
-from ._validate import check_images, concept_index
+from ._validate import check_choice, check_images, concept_index
 
 METHODS = ("auto", "tokens", "gradcam")
 
@@ -124,9 +124,8 @@ def concept_maps(cbm: ConceptBottleneck, images: Any, *, method: str = "auto", c
     from ._predict import _Eval
 
     cbm = check_cbm(cbm, "concept_maps")
-    x = check_images(images)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {list(METHODS)}; got {method!r}.")
+    x = check_images(images, model=cbm)
+    check_choice(method, "method", METHODS)
     vit = _is_vit(cbm.backbone)
     if method == "auto":
         method = "tokens" if vit else "gradcam"

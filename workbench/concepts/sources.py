@@ -15,7 +15,10 @@ and ``wb.fit(cbm, source.annotate(train))`` train a CBM on any of them. Register
   (Oikarinen et al. 2023; Yan et al. 2023): ``scores`` are cosine similarities between the image and
   each concept's prompt embedding (prompts averaged); ``annotate`` turns them into soft labels by
   standardising each concept over the dataset and a logistic squash (``sigmoid(z / temperature)``).
-- ``"sae"``: latents of a sparse autoencoder on a model's layer, once ``workbench.sae`` provides them.
+- ``"sae"``: latents of a sparse autoencoder on a model's layer (``workbench.sae``; label-free
+  concepts as in Mammo-SAE): ``scores`` are the chosen latents' activations pooled over the image's
+  tokens (``wb.sae.latents``); ``annotate`` scales each latent by its 99th percentile over the dataset
+  (clipped to [0, 1]), so a latent that fires as strongly as it usually does at its peak reads 1.
 """
 from __future__ import annotations
 
@@ -211,8 +214,62 @@ class TextConcepts:
         return with_concepts(ds, torch.sigmoid(z / self.temperature), self.names)
 
 
+@SOURCES.register("sae")
+class SAEConcepts:
+    """Latents of a sparse autoencoder (``workbench.sae``) on a model's layer as concepts.
+
+    Args:
+        sae: a trained SAE (``wb.sae.train`` / ``wb.sae.load``).
+        model: the model whose layer the SAE reads; not changed.
+        latents: the latent indices to use as concepts (e.g. from ``wb.sae.atlas(...).best_per_structure()``
+            or ``wb.sae.class_latents``).
+        names: a name per latent (default ``"latent_<i>"``).
+        pool: how tokens are pooled per image ("mean", "max", "sum"; ``wb.sae.latents``).
+        layer: the SAE's layer when it does not record it.
+        check_model: refuse a model other than the one the SAE's store came from (``wb.sae.latents``).
+    """
+
+    kind = "sae"
+
+    def __init__(self, sae: Any, model: torch.nn.Module, latents: Sequence[int], *,
+                 names: Sequence[str] | None = None, pool: str = "mean", layer: str | None = None,
+                 check_model: bool = True) -> None:
+        idx = [int(i) for i in latents]
+        d_sae = int(getattr(sae, "d_sae", 0) or sae.dictionary.shape[0])
+        if not idx:
+            raise ValueError("latents is empty; pick the SAE latents to use as concepts (e.g. the best latent per "
+                             "structure of wb.sae.atlas).")
+        bad = [i for i in idx if not 0 <= i < d_sae]
+        if bad:
+            raise ValueError(f"latent indices {bad} are out of range for an SAE with {d_sae} latents.")
+        if names is not None and len(names) != len(idx):
+            raise ValueError(f"names has {len(names)} entries for {len(idx)} latents; give one name per latent.")
+        self.sae, self.model, self.latents, self.pool, self.layer = sae, model, idx, pool, layer
+        self.check_model = check_model
+        self.names = tuple(names) if names is not None else tuple(f"latent_{i}" for i in idx)
+
+    def _pooled(self, data: Any, batch_size: int) -> torch.Tensor:
+        from workbench.sae import latents
+
+        lat = latents(self.sae, self.model, data, pool=self.pool, layer=self.layer, batch_size=batch_size,
+                      check_model=self.check_model)
+        return lat.pooled[:, self.latents].float()
+
+    def scores(self, images: Any, *, batch_size: int = 64) -> torch.Tensor:
+        """(B, K) the latents' pooled activations."""
+        return self._pooled(check_images(images), batch_size)
+
+    def annotate(self, data: Any, *, batch_size: int = 64) -> Any:
+        """Soft concept labels: each latent divided by its 99th percentile over ``data``, clipped to [0, 1]."""
+        ds = _array_dataset(data, "annotate")
+        a = self._pooled(ds, batch_size)
+        top = torch.quantile(a, 0.99, dim=0).clamp(min=1e-8)
+        return with_concepts(ds, (a / top).clamp(0, 1), self.names)
+
+
 def concept_source(kind: str, *args: Any, **kw: Any) -> Any:
     """Build a concept source of a registered kind (``SOURCES.names()``), e.g.
     ``concept_source("labels", train)``, ``concept_source("cav", model, cavs)``,
-    ``concept_source("text", clip_model, tokenizer, {"effusion": "a chest x-ray with pleural effusion"})``."""
+    ``concept_source("text", clip_model, tokenizer, {"effusion": "a chest x-ray with pleural effusion"})``,
+    ``concept_source("sae", sae, model, latents=[3, 17])``."""
     return SOURCES.get(kind)(*args, **kw)

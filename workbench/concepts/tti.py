@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from ._model import ConceptBottleneck, check_cbm
+from ._validate import check_int, check_number
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def _support(cbm: ConceptBottleneck, support: Any, what: str, batch_size: int,
 
     if isinstance(support, Mapping) or (isinstance(support, (tuple, list)) and len(support) == 2
                                         and torch.is_tensor(support[0])):
-        x = check_images(support["image"] if isinstance(support, Mapping) else support[0], f"{what} images")
+        x = check_images(support["image"] if isinstance(support, Mapping) else support[0], f"{what} images", model=cbm)
         y = torch.as_tensor(support["label"] if isinstance(support, Mapping) else support[1])
         if y.shape[:1] != x.shape[:1]:
             raise ValueError(f"{what} has {len(x)} images but {y.shape[0] if y.ndim else 0} labels.")
@@ -236,8 +237,9 @@ def test_time_improve(cbm: ConceptBottleneck, support: Any, *, source: Any = Non
 
     cbm = check_cbm(cbm, "test_time_improve")
     classes = cbm.classes or tuple(str(i) for i in range(cbm.num_classes))
-    if not 0 <= max_source_drop <= 1:
-        raise ValueError(f"max_source_drop is an accuracy drop in [0, 1] (0.01 = 1 point); got {max_source_drop!r}.")
+    check_number(max_source_drop, "max_source_drop (an accuracy drop; 0.01 = 1 point)", low=0, high=1)
+    check_number(max_gain, "max_gain", low=1)
+    check_int(batch_size, "batch_size")
     if not strengths or any(not 0 < float(s) <= 1 for s in strengths):
         raise ValueError(f"strengths must be values in (0, 1]; got {list(strengths)!r}.")
     z, y = _support(cbm, support, "support", batch_size, device)
@@ -326,6 +328,31 @@ def _reason(k: int, mask: torch.Tensor, amp: torch.Tensor, m: torch.Tensor, u: t
     return f"kept (margin effects: over-activation {float(m[k]):.3f}, under-activation {float(u[k]):.3f})"
 
 
+def support_set(data: Any, per_class: int = 4, *, seed: int = 0) -> Any:
+    """A support set: ``per_class`` images of every class drawn at random from ``data`` (a subset).
+
+    Raises:
+        ValueError: a class has fewer than ``per_class`` images (the counts are listed).
+    """
+    check_int(per_class, "per_class")
+    labels = torch.as_tensor(getattr(data, "labels"))
+    if labels.ndim != 1:
+        raise ValueError("a support set needs single-label data (binary or multiclass).")
+    classes = list(getattr(data, "classes", ()) or range(int(labels.max()) + 1))
+    g = torch.Generator().manual_seed(int(seed))
+    picks, short = [], {}
+    for c in range(len(classes)):
+        idx = (labels == c).nonzero().flatten()
+        if len(idx) < per_class:
+            short[str(classes[c])] = len(idx)
+            continue
+        picks.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+    if short:
+        raise ValueError(f"class(es) {short} have fewer than per_class={per_class} images in the data (name: count); "
+                         "draw from more images of the new site, or lower per_class.")
+    return data.subset(torch.cat(picks))
+
+
 def finetune_head(cbm: ConceptBottleneck, support: Any, *, steps: int = 200, lr: float = 1e-2,
                   weight_decay: float = 1e-3, batch_size: int = 256, device: Any = None,
                   seed: int = 0) -> ConceptBottleneck:
@@ -346,6 +373,8 @@ def finetune_head(cbm: ConceptBottleneck, support: Any, *, steps: int = 200, lr:
     import torch.nn.functional as F
 
     cbm = check_cbm(cbm, "finetune_head")
+    check_int(steps, "steps")
+    check_number(lr, "lr", low=0, low_open=True)
     z, y = _support(cbm, support, "support", batch_size, device)
     if y.ndim != 1:
         raise ValueError("finetune_head needs single-label support images.")

@@ -6,8 +6,9 @@ absent / present, the class probabilities and each concept's contribution to the
 image, the concept logits and concept maps are computed once (cached); a redraw after an intervention
 re-runs only the task head, mixes the cached maps and encodes a PNG.
 
-The map (``map`` control): "class evidence" (default) sums the concept maps weighted by each concept's
-positive contribution to the shown class (so it follows interventions), or one concept's own map.
+The map (``map`` control): "class evidence" (default) sums the concept maps (positive parts, each
+scaled to its maximum) weighted by each concept's positive contribution to the shown class, so it
+follows interventions; or one concept's own map, shifted to its minimum.
 Structure outlines come from the dataset's masks (toggles). Export writes the current view (concept
 map, contributions, class probabilities) as PNG/PDF/SVG plus a sidecar JSON.
 
@@ -108,8 +109,8 @@ class ConceptExplorer(widgets.VBox):
                                                     continuous_update=False, readout_format=".2f",
                                                     style={"description_width": "110px"},
                                                     layout=widgets.Layout(width="330px"))
-            c[f"absent_{n}"] = widgets.Button(description="absent", layout=widgets.Layout(width="64px"))
-            c[f"present_{n}"] = widgets.Button(description="present", layout=widgets.Layout(width="70px"))
+            c[f"absent_{n}"] = widgets.Button(description="absent", layout=widgets.Layout(width="80px"))
+            c[f"present_{n}"] = widgets.Button(description="present", layout=widgets.Layout(width="86px"))
             c[f"absent_{n}"].add_class(f"wb-absent-{k}")
             c[f"present_{n}"].add_class(f"wb-present-{k}")
             c[f"absent_{n}"].on_click(lambda _b, k=k: self.set_concept(k, 0.0))
@@ -265,12 +266,13 @@ class ConceptExplorer(widgets.VBox):
 
     def map_values(self, pred: Any = None) -> np.ndarray:
         """(H, W) the map shown: class evidence (concept maps weighted by positive contributions) or one
-        concept's map."""
+        concept's map (shifted to its minimum)."""
         pred = pred if pred is not None else self.prediction()
         maps = self._entry()["maps"]
         sel = self.controls["map"].value
         if sel != _EVIDENCE:
-            return maps[self.names.index(sel)]
+            m = maps[self.names.index(sel)]
+            return m - m.min()  # where the concept is evidenced most, also when its logit is negative everywhere
         cls = self._shown_class(pred)
         w = pred.contributions[0, cls].clamp(min=0).numpy()
         pos = np.clip(maps, 0, None)
