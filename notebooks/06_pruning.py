@@ -15,11 +15,11 @@
 #   workbench:
 #     test_parameters:
 #       SIZE: 32
-#       N_TRAIN: 64
+#       N_TRAIN: 48
 #       N_TEST: 48
 #       N_CALIB: 32
 #       EPOCHS: 1
-#       RATIOS: [0.3, 0.7]
+#       RATIOS: [0.5]
 #       SWEEP_CRITERIA: ["gradient_x_activation", "random"]
 #       FT_EPOCHS: 0
 #       N_EXPLAIN: 4
