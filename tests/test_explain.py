@@ -105,6 +105,8 @@ def test_interrupted_job_resumes_and_other_settings_are_refused(setup, tmp_path,
     torch.nn.init.zeros_(other.get_classifier().weight)
     with pytest.raises(ValueError, match=r"another job .*spec\.model"):
         wb.explain_dataset(other, data, **kw)
+    replaced = wb.explain_dataset(other, data, **kw, overwrite=True)     # explicitly: start over
+    assert replaced.store.spec["model"] == wb.jobs.fingerprint(other) and len(replaced.table) == 10
 
 
 def test_unreadable_image_is_named_or_skipped(setup, tmp_path):

@@ -124,7 +124,7 @@ def explain_dataset(model: torch.nn.Module, data: Any, *, out: str | os.PathLike
                     method: str = "integrated_gradients", target: int | str | None = None, batch_size: int = 32,
                     device: str | torch.device | None = "auto", shard_size: int = 256,
                     num_workers: int | str = "auto", on_error: str = "raise", seed: int = 0,
-                    progress: bool = True, **method_kw: Any) -> ExplainResult:
+                    progress: bool = True, overwrite: bool = False, **method_kw: Any) -> ExplainResult:
     """Attribute every image of ``data`` and score the maps against its masks, into ``out``.
 
     Safe to interrupt and rerun: finished shards are kept and the rerun does the rest; a folder
@@ -150,6 +150,8 @@ def explain_dataset(model: torch.nn.Module, data: Any, *, out: str | os.PathLike
             recorded in the table's ``error`` column with NaN results; the job goes on).
         seed: seeds the methods' random draws, per batch.
         progress: progress bar on rank 0.
+        overwrite: when ``out`` holds results of another model/data/method, delete them and start
+            over (default: refuse).
         **method_kw: the method's settings (e.g. ``n_steps=32``, ``internal_batch_size=64``).
 
     Returns:
@@ -188,7 +190,8 @@ def explain_dataset(model: torch.nn.Module, data: Any, *, out: str | os.PathLike
     spec = {"kind": "explain", "model": jobs.fingerprint(model), "data": jobs.fingerprint(data), "method": method,
             "method_kw": _jsonable_kw(method_kw), "target": target if target is None or target == "label" else int(target),
             "structures": list(info.structures), "seed": int(seed), "on_error": on_error}
-    job = jobs.Job(out, spec, n=len(data), shard_size=shard_size, progress=progress, desc=f"explain {method}")
+    job = jobs.Job(out, spec, n=len(data), shard_size=shard_size, progress=progress, desc=f"explain {method}",
+                   overwrite=overwrite)
     source = data
     if on_error == "skip":
         shape = info.image_shape or tuple(data[0]["image"].shape)

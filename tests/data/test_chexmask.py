@@ -130,3 +130,21 @@ def test_lazy_masks_made_for_other_images_are_refused(tmp_path):
     out = attach_chexmask(load(root, split=None, lazy=True, size=16), csv)
     with pytest.raises(ValueError, match=r"masks of '00000_000' are 40x40 .* image file is 32x20.*matching your files"):
         out[0]
+
+
+def test_phantom_as_dicom_folder_and_chexmask_csv_round_trip(tmp_path):
+    """write_folder (DICOM) + write_chexmask_csv, read back lazily with attach_chexmask: same masks."""
+    ds = load("phantom", n=6, size=48, cache=False, progress=False)
+    wd = pytest.importorskip("workbench.data")
+    root = wd.write_folder(ds, tmp_path / "dcm", format="dcm", masks=["nodule"])
+    csv = wd.write_chexmask_csv(ds, tmp_path / "chexmask.csv")
+    back = attach_chexmask(load(root, split=None, lazy=True), csv)
+    assert back.chexmask.matched == 6 and back[0]["meta"]["view_position"] == "PA"
+    assert back.structures == ("nodule", "left_lung", "right_lung", "heart")
+    b, ref = back.batch(range(6)), ds.batch(range(6))
+    for s in ("left_lung", "right_lung", "heart"):
+        assert torch.equal(b["masks"][s], ref["masks"][s])
+    assert (b["image"] - ref["image"]).abs().max() < 1 / 255 + 1e-6   # 8-bit phantom through 12-bit DICOM
+    assert torch.equal(b["label"], ref["label"]) and b["meta"][0]["class_name"] == ds.classes[int(ref["label"][0])]
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        wd.write_folder(ds, root, format="dcm")

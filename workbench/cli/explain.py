@@ -41,7 +41,7 @@ def run_explain(args: argparse.Namespace) -> dict[str, Any]:
                           batch_size=args.batch_size, device=args.device, shard_size=args.shard_size,
                           num_workers=args.workers if args.workers is not None else "auto",
                           on_error="skip" if args.skip_errors else "raise", seed=args.seed,
-                          progress=not args.no_progress, **kw)
+                          progress=not args.no_progress, overwrite=args.overwrite, **kw)
     t = res.table
     budget = res.budget(bootstrap=args.bootstrap) if res.structures else None
     return {"out": str(args.out), "images": int(len(t)), "shards": len(res.store.shards),
@@ -70,6 +70,7 @@ def register(sub: Any) -> None:
     e.add_argument("--internal-batch-size", type=int, default=None)
     e.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: auto)")
     e.add_argument("--skip-errors", action="store_true", help="record unreadable images in the table and go on")
+    e.add_argument("--overwrite", action="store_true", help="replace results of another model/data/method in --out")
     e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the budget's CIs")
     e.add_argument("--device", default="auto")
     e.add_argument("--seed", type=int, default=0)

@@ -117,10 +117,12 @@ class Job:
             float16's range of +-65504).
         progress: show a progress bar on rank 0.
         desc: the progress bar's label.
+        overwrite: when ``out`` holds a job with another spec, delete its files (job.json,
+            manifest.json, table.parquet, shards/) and start over instead of refusing.
     """
 
     def __init__(self, out: str | os.PathLike, spec: Mapping[str, Any], n: int, *, shard_size: int = 256,
-                 dtype: str = "float16", progress: bool = True, desc: str = "job") -> None:
+                 dtype: str = "float16", progress: bool = True, desc: str = "job", overwrite: bool = False) -> None:
         if not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"a job needs at least one item; got n={n!r} (is the dataset empty?).")
         if not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
@@ -136,7 +138,8 @@ class Job:
                                  "dtype": self.dtype.name})
         self.dist: Dist = distributed()
         self.progress, self.desc = progress, desc
-        self._check_folder()           # every rank: refuse another job's folder before anyone writes
+        same = self._check_folder(refuse=not overwrite)  # every rank, before anyone writes
+        self.replace = overwrite and not same
         error = None
         if self.dist.is_main:
             try:
@@ -157,21 +160,28 @@ class Job:
     def _range(self, k: int) -> range:
         return range(k * self.shard_size, min(self.n, (k + 1) * self.shard_size))
 
-    def _check_folder(self) -> None:
+    def _check_folder(self, refuse: bool = True) -> bool:
+        """Whether ``out`` is empty of jobs or holds this one; another job's folder raises when ``refuse``."""
         spec_file = self.out / SPEC_FILE
         if spec_file.is_file():
             old = _read_json(spec_file)
-            if old != self.header:
+            if old != self.header and refuse:
                 where = ", ".join(_diff(old, self.header)[:6])
                 raise ValueError(f"{self.out} holds the output of another job (they differ in: {where}); "
-                                 "refusing to mix their shards. Use a new out folder, or delete this one to start over.")
-            return
+                                 "refusing to mix their shards. Use a new out folder, or overwrite=True "
+                                 "(CLI: --overwrite) to delete it and start over.")
+            return old == self.header
         clash = [name for name in (SHARD_DIR, MANIFEST_FILE, TABLE_FILE) if (self.out / name).exists()]
-        if clash:
+        if clash and refuse:
             raise ValueError(f"{self.out} already holds {clash} but no {SPEC_FILE}, so it cannot be checked against "
-                             "this job; use a new out folder.")
+                             "this job; use a new out folder (or overwrite=True to delete them).")
+        return not clash
 
     def _prepare_folder(self) -> None:
+        if self.replace:  # overwrite=True and another job's files are there
+            for name in (MANIFEST_FILE, TABLE_FILE, SPEC_FILE):
+                (self.out / name).unlink(missing_ok=True)
+            shutil.rmtree(self.out / SHARD_DIR, ignore_errors=True)
         shards = self.out / SHARD_DIR
         shards.mkdir(parents=True, exist_ok=True)
         for p in shards.iterdir():  # partly written shards of an interrupted run: never finished ones
