@@ -426,3 +426,15 @@ def test_cli_train_concepts(tmp_path):
     assert m["model"]["kind"] == "concept_bottleneck" and m["model"]["concepts"] == ["opacity", "fluid"]
     assert "mean_concept_auc" in m["concepts"]
     assert isinstance(wb.models.load(out / "model"), wc.ConceptBottleneck)
+
+
+def test_training_needs_concept_labels_and_calibrate_sets_statistics():
+    cbm = oracle_cbm()
+    plain = ArrayDataset(torch.rand(8, 1, 8, 8), torch.zeros(8, dtype=torch.long), classes=("n", "x", "y", "z"),
+                         task="multiclass")
+    with pytest.raises(ValueError, match="concept labels"):
+        wb.fit(cbm, plain, epochs=1, batch_size=4, progress=False)
+    ds = oracle_data(all_combos(2))
+    wc.calibrate_(cbm, ds)
+    assert torch.allclose(cbm.logit_lo, torch.full((3,), -4.0)) and torch.allclose(cbm.logit_hi, torch.full((3,), 4.0))
+    assert torch.allclose(cbm.source_class_means()[0], torch.full((3,), -4.0))  # class n: every concept absent

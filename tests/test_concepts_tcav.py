@@ -52,6 +52,8 @@ def test_tcav_significance_on_a_planted_model():
     assert res.significant() == ["zero"]
     assert res.scores.shape == (2, 8) and res.random_scores.shape == (8,) and res.cavs.shape == (2, 8, 8)
     assert model.training and hook_count(model) == 0
+    pooled = wc.tcav(model, _images(40, 0), {"zero": _images(30, 1, hot=0)}, layer="enc", target=1, n_random=4)
+    assert pooled.scores.shape == (1, 4) and pooled.table.loc["zero", "score"] > 0.9  # random pool: every image given
 
 
 def test_tcav_scores_equal_captums_with_identical_cavs(tmp_path):

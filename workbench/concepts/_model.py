@@ -390,15 +390,20 @@ def check_cbm(model: Any, verb: str) -> ConceptBottleneck:
 
 @torch.no_grad()
 def calibrate_(cbm: ConceptBottleneck, data: Any, *, batch_size: int = 256) -> ConceptBottleneck:
-    """Set the CBM's intervention range (5th/95th percentiles) and mean of concept logits exactly from
-    ``data`` (in place; ``wb.fit`` keeps running estimates of them already)."""
+    """Set the CBM's intervention range (5th/95th percentiles), mean and per-class means of concept logits
+    exactly from ``data`` (in place; ``wb.fit`` keeps running estimates of them already)."""
     from ._predict import concept_logits_of
 
-    z = concept_logits_of(check_cbm(cbm, "calibrate_"), data, batch_size=batch_size, adapted=False)
+    z, y, _ = concept_logits_of(check_cbm(cbm, "calibrate_"), data, batch_size=batch_size, adapted=False,
+                                with_labels=True)
     q = torch.quantile(z, torch.tensor([0.05, 0.95]), dim=0)
     dev = cbm.logit_lo.device
     cbm.logit_lo.copy_(q[0].to(dev))
     cbm.logit_hi.copy_(q[1].to(dev))
     cbm.logit_mean.copy_(z.mean(0).to(dev))
+    if y.ndim == 1:
+        onehot = F.one_hot(y.long(), cbm.num_classes).float()
+        cbm.class_logit_sum.copy_((onehot.T @ z).to(dev))
+        cbm.class_count.copy_(onehot.sum(0).to(dev))
     cbm.stats_batches.fill_(max(1, int(cbm.stats_batches)))
     return cbm

@@ -453,7 +453,7 @@ def _draw_sets(n_pool: int, size: int, count: int, rng: np.random.Generator) -> 
 
 
 def tcav(model: nn.Module, images: Any, examples: Mapping[str, Any], *, layer: str, target: int,
-         random: Any, n_random: int = 10, n_examples: int | None = None, pool: str = "flatten",
+         random: Any = None, n_random: int = 10, n_examples: int | None = None, pool: str = "flatten",
          classifier: str = "logistic", c: float = 1.0, alpha: float = 0.05, min_examples: int = 10,
          batch_size: int = 64, device: Any = None, seed: int = 0) -> TCAVResult:
     """TCAV scores of concepts for one class, each with a significance test against random CAVs.
@@ -467,7 +467,9 @@ def tcav(model: nn.Module, images: Any, examples: Mapping[str, Any], *, layer: s
         layer: a module name (e.g. ``"blocks.3"``, ``"layer4"``) or "pooled".
         target: the class index explained.
         random: a pool of random images (M, C, H, W) from which ``n_random + 1`` random sets are
-            drawn (each without replacement; sets may overlap when the pool is small).
+            drawn (each without replacement; sets may overlap when the pool is small). None pools
+            every image given (the class images and all concepts' examples): pass random images of
+            the dataset instead when you have them (``random_images``).
         n_random: R, the number of random sets (Kim et al.: tens or more; 10 is quick).
         n_examples: examples per set (default: the smallest concept set, at most half the pool).
         pool: "flatten" (captum's choice), "mean" or "mask".
@@ -482,6 +484,9 @@ def tcav(model: nn.Module, images: Any, examples: Mapping[str, Any], *, layer: s
     """
     layer = check_layer(model, layer)
     x = check_images(images, model=model)
+    if random is None:
+        parts = [x] + [_unpack_examples(str(k), v)[0] for k, v in examples.items()] if isinstance(examples, Mapping) else [x]
+        random = torch.cat(parts)
     rnd = check_images(random, "random", model=model)
     check_choice(pool, "pool", POOLS)
     check_choice(classifier, "classifier", CLASSIFIERS)
