@@ -82,6 +82,36 @@ def lab(tmp_path):
         log.close()
 
 
+def _run_all(page, url: str) -> None:
+    """Open a notebook in JupyterLab, accept the proposed kernel, wait until idle, run all cells."""
+    page.goto(url)
+    page.wait_for_selector(".jp-NotebookPanel .jp-Notebook", timeout=120_000)
+    # a "Select Kernel" dialog may appear: accept the proposed kernel (python3 from this venv)
+    try:
+        page.locator(".jp-Dialog .jp-mod-accept").first.click(timeout=20_000)
+    except Exception:  # no dialog: the kernel started by itself
+        pass
+    page.wait_for_function("() => (document.querySelector('#jp-main-statusbar') || document.body)"
+                           ".innerText.includes('Idle')", timeout=120_000)
+    page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+    page.locator('.lm-Menu-item[data-command="runmenu:run-all"], '
+                 '.lm-Menu-item[data-command="notebook:run-all-cells"]').first.click()
+
+
+def _assert_no_errors(page) -> None:
+    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'] .ansi-red-fg, "
+                          ".jp-RenderedText[data-mime-type='application/vnd.jupyter.error']")
+    assert errors.count() == 0, errors.first.inner_text()
+
+
+def _fail(page, shots: Path, name: str) -> None:
+    """Save a full-page screenshot and raise with the cell outputs."""
+    page.screenshot(path=str(shots / f"{name}_failure.png"), full_page=True)
+    outs = page.locator(".jp-OutputArea-output")
+    texts = [outs.nth(i).inner_text()[:500] for i in range(outs.count())]
+    raise AssertionError(f"browser test failed; screenshot in {shots}; cell outputs: {texts}")
+
+
 def test_explorer_in_jupyterlab(lab, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -92,18 +122,7 @@ def test_explorer_in_jupyterlab(lab, tmp_path):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            page.goto(url)
-            page.wait_for_selector(".jp-NotebookPanel .jp-Notebook", timeout=120_000)
-            # a "Select Kernel" dialog may appear: accept the proposed kernel (python3 from this venv)
-            try:
-                page.locator(".jp-Dialog .jp-mod-accept").first.click(timeout=20_000)
-            except Exception:  # no dialog: the kernel started by itself
-                pass
-            page.wait_for_function("() => (document.querySelector('#jp-main-statusbar') || document.body)"
-                                   ".innerText.includes('Idle')", timeout=120_000)
-            page.locator(".lm-MenuBar-item", has_text="Run").first.click()
-            page.locator('.lm-Menu-item[data-command="runmenu:run-all"], '
-                         '.lm-Menu-item[data-command="notebook:run-all-cells"]').first.click()
+            _run_all(page, url)
             explorer = page.locator(".wb-explorer")
             explorer.wait_for(state="visible", timeout=540_000)
             img = page.locator(".wb-explorer img.wb-overlay, .wb-explorer .wb-overlay").first
@@ -119,14 +138,9 @@ def test_explorer_in_jupyterlab(lab, tmp_path):
             after = img.get_attribute("src")
             assert after != before
             page.screenshot(path=str(shots / "explorer_after.png"), full_page=False)
-            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'] .ansi-red-fg, "
-                                  ".jp-RenderedText[data-mime-type='application/vnd.jupyter.error']")
-            assert errors.count() == 0, errors.first.inner_text()
+            _assert_no_errors(page)
         except Exception:
-            page.screenshot(path=str(shots / "explorer_failure.png"), full_page=True)
-            outs = page.locator(".jp-OutputArea-output")
-            texts = [outs.nth(i).inner_text()[:500] for i in range(outs.count())]
-            raise AssertionError(f"browser test failed; screenshot in {shots}; cell outputs: {texts}")
+            _fail(page, shots, "explorer")
         finally:
             browser.close()
 
@@ -160,17 +174,7 @@ def test_latent_browser_in_jupyterlab(lab, tmp_path):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            page.goto(url.replace(NOTEBOOK, "latents.ipynb"))
-            page.wait_for_selector(".jp-NotebookPanel .jp-Notebook", timeout=120_000)
-            try:
-                page.locator(".jp-Dialog .jp-mod-accept").first.click(timeout=20_000)
-            except Exception:  # no dialog: the kernel started by itself
-                pass
-            page.wait_for_function("() => (document.querySelector('#jp-main-statusbar') || document.body)"
-                                   ".innerText.includes('Idle')", timeout=120_000)
-            page.locator(".lm-MenuBar-item", has_text="Run").first.click()
-            page.locator('.lm-Menu-item[data-command="runmenu:run-all"], '
-                         '.lm-Menu-item[data-command="notebook:run-all-cells"]').first.click()
+            _run_all(page, url.replace(NOTEBOOK, "latents.ipynb"))
             widget = page.locator(".wb-latents")
             widget.wait_for(state="visible", timeout=300_000)
             heat = page.locator(".wb-latents .wb-latent-heatmap").first
@@ -191,14 +195,9 @@ def test_latent_browser_in_jupyterlab(lab, tmp_path):
             page.wait_for_function("([el, old]) => el.getAttribute('src') !== old && el.naturalWidth > 0",
                                    arg=[top.element_handle(), strip], timeout=60_000)
             page.screenshot(path=str(shots / "latents_after.png"), full_page=False)
-            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'] .ansi-red-fg, "
-                                  ".jp-RenderedText[data-mime-type='application/vnd.jupyter.error']")
-            assert errors.count() == 0, errors.first.inner_text()
+            _assert_no_errors(page)
         except Exception:
-            page.screenshot(path=str(shots / "latents_failure.png"), full_page=True)
-            outs = page.locator(".jp-OutputArea-output")
-            texts = [outs.nth(i).inner_text()[:500] for i in range(outs.count())]
-            raise AssertionError(f"browser test failed; screenshot in {shots}; cell outputs: {texts}")
+            _fail(page, shots, "latents")
         finally:
             browser.close()
 
@@ -230,17 +229,7 @@ def test_concept_explorer_in_jupyterlab(lab, tmp_path):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            page.goto(url.replace(NOTEBOOK, "concepts.ipynb"))
-            page.wait_for_selector(".jp-NotebookPanel .jp-Notebook", timeout=120_000)
-            try:
-                page.locator(".jp-Dialog .jp-mod-accept").first.click(timeout=20_000)
-            except Exception:  # no dialog: the kernel started by itself
-                pass
-            page.wait_for_function("() => (document.querySelector('#jp-main-statusbar') || document.body)"
-                                   ".innerText.includes('Idle')", timeout=120_000)
-            page.locator(".lm-MenuBar-item", has_text="Run").first.click()
-            page.locator('.lm-Menu-item[data-command="runmenu:run-all"], '
-                         '.lm-Menu-item[data-command="notebook:run-all-cells"]').first.click()
+            _run_all(page, url.replace(NOTEBOOK, "concepts.ipynb"))
             widget = page.locator(".wb-concepts")
             widget.wait_for(state="visible", timeout=300_000)
             img = page.locator(".wb-concepts .wb-concept-map").first
@@ -264,13 +253,8 @@ def test_concept_explorer_in_jupyterlab(lab, tmp_path):
             page.locator(".wb-concepts .wb-next").first.click()
             page.wait_for_function("([el, old]) => el.innerHTML !== old", arg=[bars.element_handle(), classes0],
                                    timeout=60_000)
-            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'] .ansi-red-fg, "
-                                  ".jp-RenderedText[data-mime-type='application/vnd.jupyter.error']")
-            assert errors.count() == 0, errors.first.inner_text()
+            _assert_no_errors(page)
         except Exception:
-            page.screenshot(path=str(shots / "concepts_failure.png"), full_page=True)
-            outs = page.locator(".jp-OutputArea-output")
-            texts = [outs.nth(i).inner_text()[:500] for i in range(outs.count())]
-            raise AssertionError(f"browser test failed; screenshot in {shots}; cell outputs: {texts}")
+            _fail(page, shots, "concepts")
         finally:
             browser.close()

@@ -1,7 +1,10 @@
 """Pieces every widget shares (no science here)."""
 from __future__ import annotations
 
+import html
 import io
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -20,3 +23,28 @@ def png_bytes(rgb: np.ndarray, min_size: int = 0) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
+
+
+class ExportView:
+    """Mixin of the widgets' export button: saves ``self.figure()`` with ``self.params()`` in the sidecar.
+
+    The widget provides ``figure()``, ``params()``, ``controls["path"]``, ``controls["format"]`` and a
+    ``status`` HTML widget; ``export`` sets ``last_export`` to the written paths.
+    """
+
+    def export(self, path: str | None = None, formats: Sequence[str] | None = None) -> list[Path]:
+        """Save the current view (format and path from the controls by default) + sidecar JSON."""
+        import matplotlib.pyplot as plt
+
+        from workbench.viz import save_figure
+
+        w: Any = self
+        fig = w.figure()
+        try:
+            out = save_figure(fig, path or w.controls["path"].value, formats=formats or [w.controls["format"].value],
+                              params=w.params())
+        finally:
+            plt.close(fig)
+        w.last_export = out
+        w.status.value = "saved " + ", ".join(html.escape(str(o)) for o in out)
+        return out

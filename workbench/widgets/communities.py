@@ -24,6 +24,7 @@ try:
 except ImportError as e:  # pragma: no cover - ipywidgets is a core dependency
     raise ImportError("workbench.widgets needs ipywidgets>=8: pip install ipywidgets") from e
 
+from workbench.widgets._common import ExportView
 from workbench.widgets._common import png_bytes as _png
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ _DEFAULT_ON = ("left_lung", "right_lung", "heart", "mediastinum", "cardiomediast
                "diaphragm")
 
 
-class Explorer(widgets.VBox):
+class Explorer(ExportView, widgets.VBox):
     """The explorer container. Reach the controls through ``controls`` (name -> widget), the
     overlay through ``image`` (an ``ipywidgets.Image``), the legend through ``legend`` and the
     status line through ``status``. ``redraw()`` redraws; ``export()`` saves the current view."""
@@ -215,22 +216,6 @@ class Explorer(widgets.VBox):
         sample = self._sample(self.controls["index"].value)
         return community_overlay(sample["image"], self.communities(), 0, masks=self._masks(sample, p["structures"]),
                                  alpha=p["alpha"], soft=p["soft"])
-
-    def export(self, path: str | None = None, formats: Sequence[str] | None = None) -> list[Path]:
-        """Save the current view (format and path from the controls by default) + sidecar JSON."""
-        import matplotlib.pyplot as plt
-
-        from workbench.viz import save_figure
-
-        fig = self.figure()
-        try:
-            out = save_figure(fig, path or self.controls["path"].value,
-                              formats=formats or [self.controls["format"].value], params=self.params())
-        finally:
-            plt.close(fig)
-        self.last_export = out
-        self.status.value = "saved " + ", ".join(html.escape(str(o)) for o in out)
-        return out
 
 
 def explorer(model: torch.nn.Module, dataset: Any, *, indices: Sequence[int] | None = None, k: int = 4,

@@ -32,6 +32,7 @@ try:
 except ImportError as e:  # pragma: no cover - ipywidgets is a core dependency
     raise ImportError("workbench.widgets needs ipywidgets>=8: pip install ipywidgets") from e
 
+from workbench.widgets._common import ExportView
 from workbench.widgets._common import png_bytes as _png
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def _bars(values: Sequence[float], labels: Sequence[str], *, signed: bool, highl
     return "".join(rows)
 
 
-class ConceptExplorer(widgets.VBox):
+class ConceptExplorer(ExportView, widgets.VBox):
     """The concept explorer container. Controls: ``controls`` (name -> widget; sliders are
     ``concept_<name>``); the map: ``image``; class and contribution bars: ``classes_html``,
     ``contrib_html``; status line: ``status``. ``redraw()`` redraws, ``export()`` saves the view."""
@@ -322,22 +323,6 @@ class ConceptExplorer(widgets.VBox):
         shown = [s for s in self.structures if self.controls[f"show_{s}"].value]
         masks = {s: e["sample"]["masks"][s][None] for s in shown if s in (e["sample"].get("masks") or {})}
         return concept_panel(pred, 0, maps=maps, concept=0, masks=masks or None)
-
-    def export(self, path: str | None = None, formats: Sequence[str] | None = None) -> list[Path]:
-        """Save the current view (format and path from the controls by default) + sidecar JSON."""
-        import matplotlib.pyplot as plt
-
-        from workbench.viz import save_figure
-
-        fig = self.figure()
-        try:
-            out = save_figure(fig, path or self.controls["path"].value,
-                              formats=formats or [self.controls["format"].value], params=self.params())
-        finally:
-            plt.close(fig)
-        self.last_export = out
-        self.status.value = "saved " + ", ".join(html.escape(str(o)) for o in out)
-        return out
 
 
 def concept_explorer(cbm: Any, dataset: Any, *, indices: Sequence[int] | None = None,

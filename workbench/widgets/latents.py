@@ -24,6 +24,7 @@ try:
 except ImportError as e:  # pragma: no cover - ipywidgets is a core dependency
     raise ImportError("workbench.widgets needs ipywidgets>=8: pip install ipywidgets") from e
 
+from workbench.widgets._common import ExportView
 from workbench.widgets._common import png_bytes as _png
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def _subset(dataset: Any, indices: list[int]) -> Any:
     return torch.utils.data.Subset(dataset, indices)
 
 
-class LatentBrowser(widgets.VBox):
+class LatentBrowser(ExportView, widgets.VBox):
     """The latent browser. Controls in ``controls`` (name -> widget); images in ``heatmap`` and
     ``top`` (``ipywidgets.Image``), the profile in ``profile``, the image's strongest latents in
     ``strongest`` (a Select), messages in ``status``. ``redraw()`` redraws; ``export()`` saves."""
@@ -237,22 +238,6 @@ class LatentBrowser(widgets.VBox):
         return latent_heatmap(self._image(pos), self._heat(pos, p["latent"]), masks=masks, alpha=p["alpha"],
                               vmax=float(self.peak[:, p["latent"]].max()) or None,
                               title=f"latent {p['latent']} on {p['id']}")
-
-    def export(self, path: str | None = None, formats: Sequence[str] | None = None) -> list[Path]:
-        """Save the current view (format and path from the controls by default) + sidecar JSON."""
-        import matplotlib.pyplot as plt
-
-        from workbench.viz import save_figure
-
-        fig = self.figure()
-        try:
-            out = save_figure(fig, path or self.controls["path"].value,
-                              formats=formats or [self.controls["format"].value], params=self.params())
-        finally:
-            plt.close(fig)
-        self.last_export = out
-        self.status.value = "saved " + ", ".join(html.escape(str(o)) for o in out)
-        return out
 
 
 def latent_browser(sae: Any, model: torch.nn.Module, dataset: Any, *, indices: Sequence[int] | None = None,
