@@ -107,3 +107,18 @@ def test_subset_and_concat_work_where_a_dataset_is_taken(tmp_path):
     other = ArrayDataset(torch.zeros(2, 1, 16, 16), torch.tensor([0, 2]), classes=("a", "b", "c"), task="multiclass")
     with pytest.raises(ValueError, match="differ in task"):
         wt.fit(model, torch.utils.data.ConcatDataset([eager, other]), epochs=1, progress=False)
+
+
+def test_as_dataset_gives_subsets_and_concats_the_dataset_api(tmp_path):
+    import workbench as wb
+    root = make_folder(tmp_path / "ds", n=8)
+    eager, lazy = load(root, split=None, lazy=False), load(root, split=None, lazy=True)
+    assert wb.data.as_dataset(eager) is eager
+    view = wb.data.as_dataset(torch.utils.data.ConcatDataset([torch.utils.data.Subset(lazy, [5, 6]), eager]))
+    assert len(view) == 10 and view.classes == ("neg", "pos") and view.structures == ("lung",)
+    assert view.ids[:3] == ["im005", "im006", "im000"] and view.labels.tolist()[:3] == [1, 0, 0]
+    b = view.batch([0, 2])
+    assert torch.equal(b["image"], torch.stack([lazy[5]["image"], eager[0]["image"]]))
+    assert b["index"].tolist() == [0, 2] and b["mask_present"]["lung"].tolist() == [False, True]
+    fig = wb.viz.gallery(view, n=2)
+    assert fig is not None

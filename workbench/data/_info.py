@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from workbench.data._base import TASKS
+from workbench.data._base import TASKS, BaseDataset, Sample
 
 
 @dataclass(frozen=True)
@@ -128,3 +128,42 @@ class Positions(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return {**self.data[i], "index": int(i)}
+
+
+class DatasetView(BaseDataset):
+    """A ``Subset`` / ``ConcatDataset`` (or any map-style dataset of sample dicts) seen as a workbench
+    dataset: ``classes``, ``task``, ``structures``, ``concept_names``, ``labels``, ``ids``,
+    ``image_shape`` and ``.batch()``; samples are the wrapped ones with ``index`` their position."""
+
+    def __init__(self, data: Any) -> None:
+        info = dataset_info(data)
+        self.data, self.name = data, info.name
+        self.classes, self.task, self.structures = info.classes, info.task or "binary", info.structures
+        self.concept_names, self.image_shape = info.concept_names, info.image_shape
+        self.ids = dataset_ids(data)
+        labels = dataset_labels(data)
+        if labels is not None:
+            self.labels = labels
+        self.transform = None
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def _get(self, i: int) -> Sample:
+        return {**self.data[i], "index": i}
+
+
+def as_dataset(data: Any) -> BaseDataset:
+    """``data`` itself when it is a workbench dataset, else a ``DatasetView`` of it (Subset,
+    ConcatDataset...), so code written for ``dataset.batch(...)``, ``.classes`` or ``.labels``
+    takes torch's dataset idioms too.
+
+    Examples:
+        >>> import torch
+        >>> from workbench.data import ArrayDataset
+        >>> ds = ArrayDataset(torch.zeros(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]), classes=("a", "b"), task="binary")
+        >>> view = as_dataset(torch.utils.data.Subset(ds, [1, 3]))
+        >>> view.batch()["label"].tolist(), view.classes
+        ([1, 1], ('a', 'b'))
+    """
+    return data if isinstance(data, BaseDataset) else DatasetView(data)
