@@ -11,7 +11,8 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from workbench.data._base import ArrayDataset, collate
-from workbench.data._info import DatasetInfo, Positions, check_task, dataset_info, dataset_labels
+from workbench.data._info import (DatasetInfo, Positions, check_task, dataset_info, dataset_labels,
+                                  without_masks)
 
 # A batch: {"image": (B, C, H, W) float in [0, 1], "label": (B,) or (B, L), "index": (B,) dataset
 # indices}, plus the requested ``fields``: "concepts" (B, K) float, "masks" {structure: (B, H, W)
@@ -259,8 +260,10 @@ class BatchSource:
     def _loader_batches(self, plan: list[torch.Tensor]) -> Iterator[Batch]:
         if self._loader is None:
             w = self.loader_workers
+            # masks on disk are read only when the batches carry them
+            data = self.data if "masks" in self.fields else without_masks(self.data)
             self._loader = torch.utils.data.DataLoader(
-                Positions(self.data), batch_sampler=self._plan, num_workers=w,
+                Positions(data), batch_sampler=self._plan, num_workers=w,
                 pin_memory=self.device.type == "cuda", persistent_workers=w > 0,
                 collate_fn=functools.partial(collate, structures=self.info.structures if self.info else None))
         self._plan.plan = [p.tolist() for p in plan]

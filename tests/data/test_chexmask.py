@@ -24,6 +24,10 @@ def test_rle_round_trip_is_exact():
         rle = encode_rle(m)
         assert np.array_equal(decode_rle(rle, *m.shape), m)
     assert encode_rle(np.zeros((2, 2))) == "" and not decode_rle("", 2, 2).any()
+    from workbench.data.chexmask import _parse, _sample_runs
+    big = masks[-1]
+    for hw in ((224, 224), (100, 300), (1024, 1024), (2048, 1024)):   # sampled from the runs = decode + resize
+        assert np.array_equal(_sample_runs(_parse(encode_rle(big), 1024, 1024), 1024, 1024, hw), nearest(big, hw))
     with pytest.raises(ValueError, match=r"reach pixel 13 but Height x Width is 3 x 4 = 12"):
         decode_rle("10 4", 3, 4)
     with pytest.raises(ValueError, match="odd number"):

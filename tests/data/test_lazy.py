@@ -122,3 +122,21 @@ def test_as_dataset_gives_subsets_and_concats_the_dataset_api(tmp_path):
     assert b["index"].tolist() == [0, 2] and b["mask_present"]["lung"].tolist() == [False, True]
     fig = wb.viz.gallery(view, n=2)
     assert fig is not None
+
+
+def test_passes_without_masks_skip_reading_them(tmp_path, monkeypatch):
+    import workbench as wb
+    from workbench.data import folder as fm
+    root = make_folder(tmp_path / "ds", n=8)
+    lazy = load(root, split=None, lazy=True)
+    cat = torch.utils.data.ConcatDataset([torch.utils.data.Subset(lazy, [0, 1]), lazy])
+    bare = wb.data.without_masks(cat)
+    assert lazy.load_masks and "lung" in cat[0]["masks"]              # the original is untouched
+    assert bare[0]["masks"] == {} and torch.equal(bare[3]["image"], cat[3]["image"])
+    reads = []
+    real = fm.read_mask
+    monkeypatch.setattr(fm, "read_mask", lambda p: reads.append(p) or real(p))
+    wt.predict(tiny_net(), lazy, num_workers=0)
+    assert reads == []                                                 # prediction never needs masks
+    lazy.batch([0])
+    assert len(reads) == 1

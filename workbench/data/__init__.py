@@ -17,7 +17,7 @@ from typing import Any
 
 from workbench.data import transforms
 from workbench.data._base import TASKS, ArrayDataset, BaseDataset, collate, label_map, to_numpy_image
-from workbench.data._info import DatasetInfo, DatasetView, as_dataset, dataset_info
+from workbench.data._info import DatasetInfo, DatasetView, as_dataset, dataset_info, without_masks
 from workbench.data._paths import default_data_dir, shared_data_path
 from workbench.data.chexmask import attach_chexmask, decode_rle, encode_rle
 from workbench.data.export import write_chexmask_csv, write_folder
@@ -27,7 +27,7 @@ from workbench.data.transforms import resize_images, resize_masks
 
 __all__ = ["load", "ArrayDataset", "BaseDataset", "collate", "label_map", "to_numpy_image", "TASKS",
            "shared_data_path", "default_data_dir", "transforms", "resize_images", "resize_masks", "phantom",
-           "FolderDataset", "attach_chexmask", "encode_rle", "decode_rle", "dataset_info", "DatasetInfo", "as_dataset", "DatasetView",
+           "FolderDataset", "attach_chexmask", "encode_rle", "decode_rle", "dataset_info", "DatasetInfo", "as_dataset", "DatasetView", "without_masks",
            "write_folder", "write_chexmask_csv"]
 
 

@@ -167,3 +167,26 @@ def as_dataset(data: Any) -> BaseDataset:
         ([1, 1], ('a', 'b'))
     """
     return data if isinstance(data, BaseDataset) else DatasetView(data)
+
+
+def without_masks(data: Any) -> Any:
+    """A view of ``data`` whose samples skip reading their masks from disk (lazy folders, CheXmask
+    attachments, also under Subset/ConcatDataset/DatasetView); other datasets are returned as they
+    are. For passes that never look at masks (training without a mask objective, prediction, an
+    activation cache), where decoding masks would only cost time. ``data`` is not modified."""
+    import copy
+    if isinstance(data, torch.utils.data.Subset):
+        inner = without_masks(data.dataset)
+        return data if inner is data.dataset else torch.utils.data.Subset(inner, data.indices)
+    if isinstance(data, torch.utils.data.ConcatDataset):
+        parts = [without_masks(d) for d in data.datasets]
+        return data if all(a is b for a, b in zip(parts, data.datasets)) else torch.utils.data.ConcatDataset(parts)
+    inner_name = next((k for k in ("base", "data") if isinstance(getattr(data, k, None), torch.utils.data.Dataset)), None)
+    if not hasattr(data, "load_masks") and inner_name is None:
+        return data
+    out = copy.copy(data)
+    if hasattr(out, "load_masks"):
+        out.load_masks = False
+    if inner_name is not None:
+        setattr(out, inner_name, without_masks(getattr(data, inner_name)))
+    return out

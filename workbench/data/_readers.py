@@ -153,15 +153,16 @@ def read_mask(path: str | Path) -> np.ndarray:
     return a > (127 if a.dtype == np.uint8 else 0.5)
 
 
+def nearest_index(n_in: int, n_out: int) -> np.ndarray:
+    """Source index of each output pixel for nearest neighbour at pixel centres (as ``resize_masks``)."""
+    return np.minimum(((np.arange(n_out, dtype=np.float32) + 0.5) * np.float32(n_in / n_out)).astype(int), n_in - 1)
+
+
 def nearest(m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize at pixel centres (same indices as ``resize_masks``)."""
     if m.shape == hw:
         return m
-    r = np.minimum(((np.arange(hw[0], dtype=np.float32) + 0.5) * np.float32(m.shape[0] / hw[0])).astype(int),
-                   m.shape[0] - 1)
-    c = np.minimum(((np.arange(hw[1], dtype=np.float32) + 0.5) * np.float32(m.shape[1] / hw[1])).astype(int),
-                   m.shape[1] - 1)
-    return m[np.ix_(r, c)]
+    return m[np.ix_(nearest_index(m.shape[0], hw[0]), nearest_index(m.shape[1], hw[1]))]
 
 
 def prepare(a: np.ndarray, hw: tuple[int, int], channels: int, as_float: bool) -> np.ndarray:

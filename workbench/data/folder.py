@@ -343,6 +343,7 @@ class FolderDataset(BaseDataset):
     """
 
     lazy = True
+    load_masks = True  # False (``workbench.data.without_masks``): samples skip reading their masks
 
     def __init__(self, index: _Index, *, size: Any = None, channels: int | None = None,
                  transform: Transform | None = None) -> None:
@@ -370,7 +371,7 @@ class FolderDataset(BaseDataset):
                              f"{self.hw[1]}x{self.hw[0]} (the first image's size); load it with size= to resize all.")
         x = torch.from_numpy(np.ascontiguousarray(prepare(a, self.hw, self.channels, True)))
         masks = {s: torch.from_numpy(np.ascontiguousarray(m))
-                 for s, m in self._index.masks(i, a.shape[:2], self.hw).items()}
+                 for s, m in self._index.masks(i, a.shape[:2], self.hw).items()} if self.load_masks else {}
         return {"image": x, "label": self.labels[i], "masks": masks,
                 "concepts": None if self.concepts is None else self.concepts[i],
                 "meta": {**self.meta[i], **file_meta} if file_meta else self.meta[i], "id": self.ids[i], "index": i,
