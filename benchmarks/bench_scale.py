@@ -12,6 +12,8 @@ Parts (``--parts memory,fit,explain,chexmask``; each rewrites only its own secti
 - explain: ``workbench explain`` (integrated gradients, 8 steps, ResNet-18 at 64 px) over 2,000
   images of that folder in one process vs ``torchrun --nproc_per_node 2`` (gloo): wall time of
   each command (fresh processes) and whether every map and table row is identical.
+- gpu: on a CUDA machine, explain_dataset images/s for integrated gradients and Grad-CAM at
+  224 px (without one, the section says so).
 - chexmask: decoding speed of CheXmask RLE at 1024 px (masks/s), the decoded masks compared with
   the encoded ones, and attach_chexmask's CSV throughput.
 
@@ -288,14 +290,53 @@ jitter, {runs:.0f} runs each on average) encoded with `encode_rle` and decoded w
 """)
 
 
+def part_gpu(n: int = 512) -> None:
+    """explain_dataset images/s for integrated gradients and Grad-CAM at 224 px on CUDA (when there is one)."""
+    if not torch.cuda.is_available():
+        write_section("GPU", f"""_Machine: {machine()}._
+
+No GPU was lent to this task, so images per second of `explain_dataset` for integrated gradients
+and Grad-CAM at 224 px on a GPU were not measured. On a GPU machine:
+`python benchmarks/bench_scale.py --parts gpu` (ResNet-18 and DenseNet-121 at 224 px, {n} images).
+""")
+        return
+    data = wb.data.load("phantom", split="test", n=n, size=224, progress=False)
+    rows = []
+    tmp = Path(tempfile.mkdtemp(prefix="wb_gpu_"))
+    try:
+        for arch in ("resnet18", "densenet121"):
+            model = wb.models.create(arch, num_classes=2, img_size=224, in_chans=1).cuda()
+            for method, kw, batch in (("integrated_gradients", {"n_steps": 32}, 32), ("gradcam", {}, 128)):
+                wb.explain_dataset(model, torch.utils.data.Subset(data, range(batch)), out=tmp / "warm",
+                                   method=method, batch_size=batch, progress=False, overwrite=True, **kw)
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                wb.explain_dataset(model, data, out=tmp / f"{arch}_{method}", method=method, batch_size=batch,
+                                   progress=False, **kw)
+                torch.cuda.synchronize()
+                rows.append(f"| {arch} | {method} {kw or ''} | {batch} | {n / (time.perf_counter() - t0):.0f} |")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    write_section("GPU", f"""_Machine: {torch.cuda.get_device_name()}, torch {torch.__version__}._
+
+`explain_dataset` over {n} phantom images at 224 px (maps written as float16 shards, per-image
+table with budgets), after a warm-up pass.
+
+| model | method | batch | images/s |
+|---|---|---|---|
+""" + "\n".join(rows) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--parts", default="memory,fit,explain,chexmask")
+    ap.add_argument("--parts", default="gpu,chexmask,memory,fit,explain")
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--explain-rounds", type=int, default=2)
     args = ap.parse_args()
     parts = args.parts.split(",")
+    if "gpu" in parts:
+        part_gpu()
     if "chexmask" in parts:
         part_chexmask()
     if not {"memory", "fit", "explain"} & set(parts):
