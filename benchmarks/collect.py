@@ -6,7 +6,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ORDER = ["setup", "train", "train_gpu", "phantom", "attention", "communities", "communities_gpu", "attribution",
-         "attribution_gpu", "evaluation", "pruning", "concepts"]
+         "attribution_gpu", "evaluation", "pruning", "concepts", "scale"]
 
 HEADER = """# Benchmarks
 
@@ -29,6 +29,7 @@ run on a lent NVIDIA H100 machine with `--device cuda`.
 | `bench_evaluation.py` | method x metric table on the phantom; shortcut exposure; real-CXR budgets |
 | `bench_concepts.py` | CBM vs black box, concept AUCs, intervention curves; TCAV significance with/without a shortcut, agreement and cost vs captum; site repair without training; CBM training throughput; explorer redraw |
 | `bench_pruning.py` | pruned size/speed; AUC vs ratio per criterion (peers: Torch-Pruning magnitude/Taylor); explanations after pruning; shortcut removal; scoring cost |
+| `bench_scale.py` | lazy 20,000-PNG folder: memory while iterating, fit throughput lazy vs in memory; `workbench explain` under torchrun vs one process; CheXmask decoding speed |
 """
 
 
