@@ -5,14 +5,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._style import RC, colours, structure_colours
+from ._style import colours, figsize as _figsize, rc, structure_colours, styled
 
 
 def _axes(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
     import matplotlib.pyplot as plt
 
     if ax is None:
-        fig, ax = plt.subplots(figsize=figsize)
+        fig, ax = plt.subplots(figsize=_figsize(*figsize))
         return fig, ax
     return ax.figure, ax
 
@@ -27,6 +27,7 @@ def _target(pred: Any, index: int, target: int | str | None) -> int:
     return int(target)
 
 
+@styled
 def contribution_bars(pred: Any, index: int = 0, ax: Any = None, *, target: int | str | None = None,
                       **style: Any) -> Any:
     """Signed bars of each concept's contribution to one class logit for one image.
@@ -50,7 +51,7 @@ def contribution_bars(pred: Any, index: int = 0, ax: Any = None, *, target: int 
     probs = pred.concepts[index].numpy()
     inter = pred.intervened[index].numpy()
     pos, neg = colours(12)[10], colours(12)[11]
-    with plt.rc_context(RC):
+    with rc():
         fig, ax = _axes(ax, (4.0, 0.35 * len(pred.names) + 1.0))
         y = np.arange(len(pred.names))[::-1]
         bars = ax.barh(y, contrib, color=[pos if v >= 0 else neg for v in contrib], **style)
@@ -65,12 +66,13 @@ def contribution_bars(pred: Any, index: int = 0, ax: Any = None, *, target: int 
     return fig
 
 
+@styled
 def class_bars(pred: Any, index: int = 0, ax: Any = None, **style: Any) -> Any:
     """Bars of the class probabilities of one image."""
     import matplotlib.pyplot as plt
 
     p = pred.probs[index].numpy()
-    with plt.rc_context(RC):
+    with rc():
         fig, ax = _axes(ax, (3.2, 0.3 * len(p) + 1.0))
         y = np.arange(len(p))[::-1]
         ax.barh(y, p, color=colours(len(p)), **style)
@@ -81,6 +83,7 @@ def class_bars(pred: Any, index: int = 0, ax: Any = None, **style: Any) -> Any:
     return fig
 
 
+@styled
 def concept_intervention_curves(curve: Any, ax: Any = None, *, metric: str = "accuracy", **style: Any) -> Any:
     """Task metric against the number of concepts corrected, one line per order, CI bands.
 
@@ -99,7 +102,7 @@ def concept_intervention_curves(curve: Any, ax: Any = None, *, metric: str = "ac
         raise ValueError(f"metric must be 'accuracy' or 'auc'; got {metric!r}.")
     vals = curve.accuracy if metric == "accuracy" else curve.auc
     cis = curve.accuracy_ci if metric == "accuracy" else curve.auc_ci
-    with plt.rc_context(RC):
+    with rc():
         fig, ax = _axes(ax, (3.6, 2.8))
         for col, o in zip(colours(len(curve.orders)), curve.orders):
             ax.plot(curve.steps, vals[o], marker="o", ms=3, color=col, label=o.replace("_", " "), **style)
@@ -113,12 +116,13 @@ def concept_intervention_curves(curve: Any, ax: Any = None, *, metric: str = "ac
     return fig
 
 
+@styled
 def tcav_bars(result: Any, ax: Any = None, **style: Any) -> Any:
     """TCAV score per concept (mean +- sd over random sets) beside the random null; * marks p < alpha."""
     import matplotlib.pyplot as plt
 
     t = result.table
-    with plt.rc_context(RC):
+    with rc():
         fig, ax = _axes(ax, (0.6 * len(t) + 1.6, 2.8))
         x = np.arange(len(t))
         c = colours(2)
@@ -127,7 +131,7 @@ def tcav_bars(result: Any, ax: Any = None, **style: Any) -> Any:
         ax.bar(x + 0.2, [rs.mean()] * len(t), 0.4, yerr=[rs.std(ddof=1)] * len(t), color=c[1], label="random")
         for i, (sig, p) in enumerate(zip(t["significant"], t["p_value"])):
             ax.text(i - 0.2, min(1.0, t["score"].iloc[i] + t["score_std"].iloc[i]) + 0.03,
-                    "*" if sig else "n.s.", ha="center", fontsize=8)
+                    "*" if sig else "n.s.", ha="center", fontsize="medium")
         ax.set_xticks(x, list(t.index), rotation=30, ha="right")
         ax.set_ylim(0, 1.12)
         ax.set_ylabel("TCAV score")
@@ -161,6 +165,7 @@ def concept_map_rgb(image: Any, cmap_values: np.ndarray, *, alpha: float = 0.55,
     return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 
 
+@styled
 def concept_map(maps: Any, index: int = 0, concept: int | str = 0, ax: Any = None, *, image: Any = None,
                 masks: dict[str, Any] | None = None, structures: Sequence[str] | None = None,
                 alpha: float = 0.55) -> Any:
@@ -189,7 +194,7 @@ def concept_map(maps: Any, index: int = 0, concept: int | str = 0, ax: Any = Non
         names = [s for s in (structures or masks) if s in masks]
         outlines = outline_masks({s: np.asarray(masks[s][index]).astype(bool) for s in names})
     rgb = concept_map_rgb(img, maps.maps[index, k].numpy(), alpha=alpha, outlines=outlines)
-    with plt.rc_context(RC):
+    with rc():
         fig, ax = _axes(ax, (2.8, 2.8))
         ax.imshow(rgb, interpolation="nearest")
         ax.set_title(f"{maps.names[k]} ({maps.method})")
@@ -199,19 +204,20 @@ def concept_map(maps: Any, index: int = 0, concept: int | str = 0, ax: Any = Non
 
             cols = structure_colours(list(outlines))
             ax.legend(handles=[Patch(color=cols[s], label=s) for s in outlines], loc="lower center",
-                      bbox_to_anchor=(0.5, -0.25), ncol=3, frameon=False, fontsize=7)
+                      bbox_to_anchor=(0.5, -0.25), ncol=3, frameon=False, fontsize="small")
     return fig
 
 
+@styled
 def concept_panel(pred: Any, index: int = 0, *, maps: Any = None, concept: int | str | None = None,
                   masks: dict[str, Any] | None = None, image: Any = None) -> Any:
     """A three- or four-panel figure of one image: concept map (when ``maps``), concept contributions,
     class probabilities (what the concept widget exports)."""
     import matplotlib.pyplot as plt
 
-    with plt.rc_context(RC):
+    with rc():
         n = 3 if maps is not None else 2
-        fig, axes = plt.subplots(1, n, figsize=(3.2 * n + 1.0, 3.0), gridspec_kw={"wspace": 0.9})
+        fig, axes = plt.subplots(1, n, figsize=_figsize(3.2 * n + 1.0, 3.0), gridspec_kw={"wspace": 0.9})
         i = 0
         if maps is not None:
             concept_map(maps, index=0 if maps.maps.shape[0] == 1 else index,
