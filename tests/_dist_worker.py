@@ -42,7 +42,7 @@ def scenario_jobs(out: Path) -> None:
 def explain_argv(root: Path, out: Path) -> list[str]:
     return ["explain", "--checkpoint", str(root / "model"), "--data", str(root / "ds"), "--split", "all",
             "--method", "integrated_gradients", "--n-steps", "8", "--out", str(out), "--batch-size", "3",
-            "--shard-size", "4", "--workers", "1", "--bootstrap", "20", "--no-progress", "--device", "cpu"]
+            "--shard-size", "4", "--workers", "0", "--bootstrap", "20", "--no-progress", "--device", "cpu"]
 
 
 def scenario_explain(out: Path) -> None:
@@ -51,6 +51,9 @@ def scenario_explain(out: Path) -> None:
     assert cli.main(explain_argv(out, out / "explain_ranks")) == 0
     assert cli.main(["evaluate", "--checkpoint", str(out / "model"), "--data", str(out / "ds"), "--split", "all",
                      "--bootstrap", "20", "--device", "cpu"]) == 0
+    assert cli.main(["train", "--data", str(out / "tiny.npz"), "--model", "vit_tiny", "--patch-size", "4", "--depth",
+                     "1", "--out", str(out / "train_ranks"), "--epochs", "1", "--batch-size", "8", "--bootstrap", "0",
+                     "--no-progress", "--device", "cpu"]) == 0
 
 
 def separable(n: int = 64, seed: int = 0):

@@ -196,6 +196,8 @@ def test_torchrun_two_ranks_split_the_shards_and_a_dead_rank_resumes(tmp_path):
     evaluations = [o for o in printed if "auc" in o]
     assert len(evaluations) == 1 and evaluations[0]["n"] == 10            # rank 0 reports, once
     assert [o["images"] for o in printed if "images" in o] == [10]
+    trained = [o for o in printed if "test" in o]                        # workbench train: DDP, rank 0 writes
+    assert len(trained) == 1 and (tmp_path / "train_ranks" / "metrics.json").exists()
 
 
 def json_objects(text: str) -> list[dict]:
@@ -218,3 +220,7 @@ def make_explain_inputs(root: Path) -> None:
     spec.loader.exec_module(helpers)
     helpers.make_folder(root / "ds")
     wb.models.save(helpers.small_model(), root / "model")
+    rng = np.random.default_rng(0)
+    np.savez(root / "tiny.npz", **{f"{s}_images": rng.integers(0, 255, (n, 16, 16), dtype=np.uint8)
+                                   for s, n in (("train", 32), ("val", 8), ("test", 8))},
+             **{f"{s}_labels": np.arange(n) % 2 for s, n in (("train", 32), ("val", 8), ("test", 8))})

@@ -1,4 +1,5 @@
-"""``workbench train``: train a model on a data source; writes a checkpoint and metrics.json.
+"""``workbench train``: train a model on a data source; writes a checkpoint and metrics.json (under
+``torchrun --nproc_per_node N`` with DistributedDataParallel; rank 0 writes and prints).
 
 With ``--concepts`` it trains a concept bottleneck (``workbench.concepts.create``) and adds its concept
 quality report (``workbench.concepts.quality``) to metrics.json."""
@@ -47,9 +48,12 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     history = fit(model, train, val, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                   device=args.device, early_stopping=args.early_stopping if val is not None else None,
                   augment=augment, seed=args.seed, progress=not args.no_progress)
-    ckpt = models.save(model, out / "model")
-    fig = viz.training_curves(history)
-    viz.save_figure(fig, out / "training_curves.png", params={"history": history.to_dict()})
+    from workbench.jobs import distributed
+    main = distributed().is_main  # under torchrun (DDP) every rank trains; rank 0 writes the files
+    ckpt = models.save(model, out / "model") if main else out / "model"
+    if main:
+        fig = viz.training_curves(history)
+        viz.save_figure(fig, out / "training_curves.png", params={"history": history.to_dict()})
     result: dict[str, Any] = {"checkpoint": str(ckpt), "history": history.to_dict(),
                               "model": model.workbench_config}
     if test is not None:
@@ -60,7 +64,8 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
             report = quality(model, test, device=args.device)
             result["concepts"] = {**report.summary(), "per_concept": report.concepts.to_dict(orient="index"),
                                   "leakage": report.leakage}
-    write_json(out / "metrics.json", result)
+    if main:
+        write_json(out / "metrics.json", result)
     return result
 
 
@@ -112,6 +117,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from workbench.jobs import distributed
     result = run_train(args)
-    print(json.dumps({k: result[k] for k in ("checkpoint", "test") if k in result}, indent=2))
+    if distributed().is_main:
+        print(json.dumps({k: result[k] for k in ("checkpoint", "test") if k in result}, indent=2))
     return 0

@@ -138,17 +138,19 @@ class Job:
                                  "dtype": self.dtype.name})
         self.dist: Dist = distributed()
         self.progress, self.desc = progress, desc
-        same = self._check_folder(refuse=not overwrite)  # every rank, before anyone writes
-        self.replace = overwrite and not same
         error = None
-        if self.dist.is_main:
+        if self.dist.is_main:  # rank 0 alone judges and prepares the folder; every rank gets its verdict
             try:
+                same = self._check_folder(refuse=not overwrite)
+                self.replace = overwrite and not same
                 self._prepare_folder()
+            except ValueError as e:
+                error = ("ValueError", str(e))
             except OSError as e:
-                error = f"could not prepare {self.out} ({type(e).__name__}: {e})"
+                error = ("OSError", f"could not prepare {self.out} ({type(e).__name__}: {e})")
         error = broadcast(error)        # also the barrier: nobody lists shards before rank 0 cleaned up
         if error:
-            raise OSError(error)
+            raise (ValueError if error[0] == "ValueError" else OSError)(error[1])
         finished = broadcast(sorted(self._finished()) if self.dist.is_main else None)
         self.done = (self.out / MANIFEST_FILE).is_file() and len(finished) == self.num_shards
         pending = [k for k in range(self.num_shards) if k not in set(finished)]
