@@ -36,7 +36,7 @@ def test_images_pass_through_without_copy(vit):
 
 
 def test_images_hint_at_0_255_and_standardised():
-    with pytest.raises(ValueError, match=r"look like 0-255 pixel values: pass images / 255"):
+    with pytest.raises(ValueError, match=r"look like 0-255 pixel values: divide them by 255"):
         C.check_images(torch.rand(2, 1, 8, 8) * 255)
     with pytest.raises(ValueError, match=r"look standardised"):
         C.check_images((torch.rand(2, 1, 8, 8) - 0.5) / 0.25)
@@ -72,7 +72,7 @@ def test_images_model_range_opt_out():
 
 @pytest.mark.parametrize("bad, err, says", [
     ([torch.rand(1, 8, 8)], TypeError, "torch.stack"),
-    (torch.rand(8, 8), ValueError, r"images\[None, None\]"),
+    (torch.rand(8, 8), ValueError, r"image\[None, None\]"),
     (torch.rand(0, 1, 8, 8), ValueError, "empty"),
     (torch.randint(0, 255, (1, 1, 8, 8)), TypeError, r"float\(\) / 255"),
     (torch.randint(0, 255, (1, 1, 8, 8), dtype=torch.uint8), TypeError, "uint8"),

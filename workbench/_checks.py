@@ -81,8 +81,8 @@ from torch import nn
 
 from workbench._device import resolve_device
 
-__all__ = ["RANGE_TOLERANCE", "InputSpec", "model_input", "check_images", "check_labels", "check_outputs",
-           "check_dataset", "check_masks", "check_output_path", "check_device", "check_model", "check_int",
+__all__ = ["RANGE_TOLERANCE", "InputSpec", "model_input", "check_images", "check_range", "check_stored_images", "check_labels", "check_class_indices", "check_outputs",
+           "check_dataset", "is_pair", "check_masks", "check_output_path", "check_device", "check_model", "check_int",
            "check_number", "check_choice", "check_index", "check_callable"]
 
 RANGE_TOLERANCE = 0.1
@@ -154,12 +154,12 @@ def _range_message(name: str, lo: float, hi: float, value_range: tuple[float, fl
     msg = f"{name} range from {_fmt(lo)} to {_fmt(hi)} but workbench takes float images in [{_fmt(a)}, {_fmt(b)}]"
     if (a, b) == (0.0, 1.0):
         if lo >= -RANGE_TOLERANCE and hi > 1.5:
-            msg += f"; they look like 0-255 pixel values: pass {name} / 255."
+            msg += "; they look like 0-255 pixel values: divide them by 255."
         elif lo < -RANGE_TOLERANCE:
             msg += ("; they look standardised (mean/std, e.g. transforms.Normalize): workbench models standardise "
                     "inside their first layer (normalize='auto'), so pass the [0, 1] images.")
         else:
-            msg += f"; rescale them (e.g. {name}.clamp(0, 1) if the excess is an artefact)."
+            msg += "; rescale them (or clamp(0, 1) if the excess is an artefact)."
     else:
         msg += "; rescale them to the model's range."
     return msg + (" If this model really takes another range, set model.input_range = (low, high) "
@@ -199,6 +199,22 @@ def check_range(x: torch.Tensor, value_range: tuple[float, float] | None = (0.0,
         raise ValueError(_range_message(name, lo, hi, (a, b)))
 
 
+def check_stored_images(images: torch.Tensor, name: str = "images") -> None:
+    """For datasets' float image storage: finite, and not 0-255 values stored as floats.
+
+    Looser than :func:`check_range` (a dataset does not know its model; a standardised store is
+    judged when a verb meets the model): one ``aminmax`` pass.
+    """
+    if not images.is_floating_point() or images.numel() == 0:
+        return
+    lo_t, hi_t = torch.aminmax(images.detach())
+    lo, hi = float(lo_t), float(hi_t)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(_nonfinite_message(images, name))
+    if lo >= -RANGE_TOLERANCE and hi > 1.5:
+        raise ValueError(_range_message(name, lo, hi, (0.0, 1.0)))
+
+
 def check_images(images: Any, model: nn.Module | None = None, *, name: str = "images", allow_uint8: bool = False,
                  value_range: Any = "model", single: bool = True) -> torch.Tensor:
     """Validate a batch of images and return it as a ``(B, C, H, W)`` tensor (no copy).
@@ -231,8 +247,8 @@ def check_images(images: Any, model: nn.Module | None = None, *, name: str = "im
     if x.ndim == 3 and single:
         x = x.unsqueeze(0)
     if x.ndim != 4:
-        hint = f" For one (H, W) image pass {name}[None, None]." if x.ndim == 2 else ""
-        raise ValueError(f"{name} has shape {tuple(x.shape)}; expected (B, C, H, W)"
+        hint = " For one (H, W) image add the batch and channel axes: image[None, None]." if x.ndim == 2 else ""
+        raise ValueError(f"{name} have shape {tuple(x.shape)}; expected (B, C, H, W)"
                          f"{' (or one (C, H, W) image)' if single else ''}.{hint}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (B = 0); pass at least one image.")
@@ -240,12 +256,12 @@ def check_images(images: Any, model: nn.Module | None = None, *, name: str = "im
         raise ValueError(f"{name} are on the 'meta' device and hold no data; pass real tensors.")
     if x.dtype == torch.uint8:
         if not allow_uint8:
-            raise TypeError(f"{name} are uint8 (0-255) but this function takes float images in [0, 1]: pass "
-                            f"{name}.float() / 255 (uint8 is the datasets' storage format; dataset.batch() "
+            raise TypeError(f"{name} are uint8 (0-255) but this function takes float images in [0, 1]: convert "
+                            "them with .float() / 255 (uint8 is the datasets' storage format; dataset.batch() "
                             "returns float images).")
     elif not x.is_floating_point():
-        raise TypeError(f"{name} have dtype {x.dtype}; expected float images in [0, 1] (for 0-255 integers pass "
-                        f"{name}.float() / 255).")
+        raise TypeError(f"{name} have dtype {x.dtype}; expected float images in [0, 1] (convert 0-255 integers "
+                        "with .float() / 255).")
     spec = model_input(model) if model is not None else None
     if spec is not None:
         c, h, w = int(x.shape[1]), int(x.shape[2]), int(x.shape[3])
@@ -324,7 +340,7 @@ def check_labels(labels: Any, *, task: str | None = None, num_outputs: int | Non
     if t.is_floating_point() and t.numel():
         frac = t != torch.round(t)
         if bool(frac.any()):
-            raise ValueError(f"{name} hold fractional values (e.g. {t[frac][:3].tolist()}) but class labels are "
+            raise ValueError(f"{name} hold fractional values (e.g. {[round(v, 4) for v in t[frac][:3].tolist()]}) but class labels are "
                              "integers 0..C-1 and would be truncated; pass class indices (for soft or several "
                              "targets per image use task='multilabel' with (N, L) 0/1 labels).")
     t = t.long()
@@ -338,6 +354,27 @@ def check_labels(labels: Any, *, task: str | None = None, num_outputs: int | Non
     return t
 
 
+def check_class_indices(values: Any, where: str) -> None:
+    """Class indices inferred as ``0..max`` must leave no class without samples.
+
+    A stray value such as 255 (a common "unlabelled" marker) among 0/1 labels would otherwise make
+    a 256-class task with 253 empty classes. ``where`` names the source in the message.
+    """
+    present = np.unique(np.asarray(values)).astype(np.int64)
+    if present.size == 0 or present.max() < 2:
+        return
+    top = int(present.max())
+    missing = sorted(set(range(top + 1)) - set(present.tolist()))
+    if missing:
+        hint = (" 255 often marks an unlabelled or ignored sample: drop those samples or give them a real class."
+                if top == 255 else "")
+        shown = present.tolist()[:10]
+        raise ValueError(f"{where} uses class indices {shown}{' ...' if present.size > 10 else ''}, which would make "
+                         f"{top + 1} classes of which {len(missing)} ({missing[:5]}{' ...' if len(missing) > 5 else ''}) "
+                         f"have no sample; class indices must run 0..C-1 without gaps.{hint} To keep the values, "
+                         "name the classes explicitly (classes=[...]).")
+
+
 def check_outputs(num_outputs: int, *, num_classes: int, task: str, name: str = "the model") -> None:
     """The model's number of outputs must equal the data's classes (binary tasks: 2 logits)."""
     if num_classes and num_outputs != num_classes:
@@ -347,6 +384,15 @@ def check_outputs(num_outputs: int, *, num_classes: int, task: str, name: str = 
 
 
 # ------------------------------------------------------------------------------------------- data
+def is_pair(data: Any) -> bool:
+    """Whether ``data`` is an ``(images, labels)`` pair (images a tensor, array or list of tensors)."""
+    if not isinstance(data, (tuple, list)) or len(data) != 2 or isinstance(data[0], Mapping):
+        return False
+    first = data[0]
+    return torch.is_tensor(first) or isinstance(first, np.ndarray) or (
+        isinstance(first, (list, tuple)) and len(first) > 0 and torch.is_tensor(first[0]))
+
+
 def check_dataset(data: Any, *, name: str = "data", nonempty: bool = True) -> Any:
     """A dataset (``len`` and indexing) or an ``(images, labels)`` pair of tensors; not empty.
 
@@ -354,7 +400,10 @@ def check_dataset(data: Any, *, name: str = "data", nonempty: bool = True) -> An
         TypeError: a plain list of samples or anything without ``len``/indexing.
         ValueError: no samples.
     """
-    pair = isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0])
+    pair = is_pair(data)
+    if isinstance(data, (str, bytes, os.PathLike)):
+        raise TypeError(f"{name} is a {type(data).__name__} ({str(data)[:60]!r}); pass a dataset (e.g. "
+                        f"workbench.data.load({str(data)[:40]!r})) or an (images, labels) pair of tensors.")
     if not pair and isinstance(data, (list, tuple)):
         raise TypeError(f"{name} is a plain {type(data).__name__} of {len(data)} items; pass a dataset "
                         "(workbench.data.load(...), or workbench.data.ArrayDataset(images, labels, classes=..., "

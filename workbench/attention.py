@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workbench._checks import check_choice, check_images
+from workbench._image import size_pair
 from workbench._device import model_on
 from workbench.capture import SUPPORTED_ATTENTION, StopForward, attention_modules, capture_attention, select_layers
 
@@ -93,20 +95,11 @@ def _prepare(model: nn.Module, images: torch.Tensor, device: Any) -> tuple[nn.Mo
         raise ValueError(f"{type(model).__name__} has no supported attention modules. Attention maps need a timm "
                          f"vision transformer (vit_*, deit_*, eva_*; workbench.models.create('vit_tiny', ...)) or "
                          f"attention modules of these types: {', '.join(SUPPORTED_ATTENTION)}.")
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor (B, C, H, W); got {type(images).__name__}.")
-    if images.ndim == 3:
-        images = images.unsqueeze(0)
-    if images.ndim != 4:
-        raise ValueError(f"images has shape {tuple(images.shape)}; expected (B, C, H, W) (or one (C, H, W) image).")
-    if not images.is_floating_point():
-        raise TypeError(f"images have dtype {images.dtype}; expected floats in [0, 1] (e.g. images.float() / 255).")
-    if images.shape[0] == 0:
-        raise ValueError("images is an empty batch; pass at least one image.")
-    if torch.isnan(images).any():
-        raise ValueError("images contain NaN values; clean or mask them before computing attention maps.")
+    # shape, dtype, NaN/inf, [0, 1] range, channels and size against the model (workbench._checks)
+    images = check_images(images, model)
     model, dev = model_on(model, device)  # never move the caller's model
-    return model, images.to(dev)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), images.dtype)
+    return model, images.to(dev, dtype)
 
 
 def _model_info(model: nn.Module, images: torch.Tensor) -> tuple[tuple[int, int], int | None, tuple[int, ...]]:
@@ -249,6 +242,7 @@ def cls_attention(maps: AttentionMaps, layer: int = -1, head: int | None = None,
     Returns:
         ``(B, h, w)`` (or ``(B, H, W)`` when upsampled).
     """
+    _check_maps(maps)
     if not -maps.num_layers <= layer < maps.num_layers:
         raise ValueError(f"layer {layer} out of range for {maps.num_layers} captured layers.")
     a = maps.attentions[layer]
@@ -283,6 +277,7 @@ def rollout(maps: AttentionMaps, head_fusion: str = "mean", discard_ratio: float
     Returns:
         ``(B, h, w)`` rollout map (not normalised).
     """
+    _check_maps(maps)
     if head_fusion not in _FUSIONS:
         raise ValueError(f"head_fusion {head_fusion!r} is not one of {_FUSIONS}.")
     if not 0.0 <= discard_ratio < 1.0:
@@ -304,6 +299,12 @@ def rollout(maps: AttentionMaps, head_fusion: str = "mean", discard_ratio: float
         result = a if result is None else torch.bmm(a, result)
     out = _readout(result, maps.num_prefix_tokens, maps.readout_tokens, maps.grid)
     return _maybe_upsample(out, upsample, maps.image_size)
+
+
+def _check_maps(maps: Any) -> None:
+    if not isinstance(maps, AttentionMaps):
+        raise TypeError(f"maps must be an AttentionMaps result (workbench.attention_maps(model, images)); got "
+                        f"{type(maps).__name__}.")
 
 
 def _resolve_target(target: Any, logits: torch.Tensor) -> torch.Tensor:
@@ -373,6 +374,9 @@ def chefer_relevance(model: nn.Module, images: torch.Tensor, target: Any = None,
     return _maybe_upsample(out, upsample, (int(images.shape[-2]), int(images.shape[-1])))
 
 
+_MODES = ("nearest", "nearest-exact", "bilinear", "bicubic", "area")
+
+
 def upsample(maps: torch.Tensor, size: int | tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
     """Resize ``(B, h, w)`` (or ``(h, w)``) maps to ``size`` = ``(H, W)``.
 
@@ -383,8 +387,10 @@ def upsample(maps: torch.Tensor, size: int | tuple[int, int], mode: str = "bilin
     if not isinstance(maps, torch.Tensor) or maps.ndim not in (2, 3):
         raise ValueError(f"maps must be a (B, h, w) or (h, w) tensor; got "
                          f"{tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__}.")
+    check_choice(mode, "mode", _MODES)
+    size = size_pair(size, "size")
     squeeze = maps.ndim == 2
     x = maps[None, None] if squeeze else maps[:, None]
     kw = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
-    out = F.interpolate(x.float(), size=_pair(size), mode=mode, **kw)[:, 0]
+    out = F.interpolate(x.float(), size=size, mode=mode, **kw)[:, 0]
     return out[0] if squeeze else out

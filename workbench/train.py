@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -22,11 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from workbench import _checks as ck
 from workbench._device import model_device
 from workbench.jobs._dist import Dist, all_reduce_sum, broadcast, distributed, gather_by_index, rank_device
 from workbench._train_guide import GUIDE_WEIGHT, make_guide
-from workbench._train_data import (BatchSource, TensorSource, as_source, check_labels, class_weights, describe_nan,
-                                   labels_of, resolve_workers, task_of)
+from workbench._train_data import (BatchSource, TensorSource, as_source, class_weights, describe_nan, labels_of,
+                                   resolve_workers, task_of)
 from workbench._train_metrics import (Evaluation, accuracy_score, auc_score, bootstrap_ci,
                                       per_class_auc)
 
@@ -228,14 +230,22 @@ def fit(model: torch.nn.Module, train: Any, val: Any = None, *, epochs: int = 10
     """
     from tqdm.auto import tqdm
 
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int; got {epochs!r}.")
+    ck.check_model(model)
+    ck.check_int(epochs, "epochs")
+    ck.check_int(batch_size, "batch_size")
+    ck.check_number(lr, "lr", low=0, low_open=True)
+    ck.check_number(weight_decay, "weight_decay", low=0)
+    ck.check_number(warmup, "warmup", low=0, high=1)
+    ck.check_number(grad_clip, "grad_clip", low=0, low_open=True, none_ok=True)
+    ck.check_number(max_seconds, "max_seconds", low=0, low_open=True, none_ok=True)
+    if augment is not None:
+        ck.check_callable(augment, "augment", "workbench.data.transforms.RandomHorizontalFlip(0.5)")
     if early_stopping is not None and (val is None or not isinstance(early_stopping, int) or early_stopping < 1):
         raise ValueError("early_stopping is a patience in epochs (int >= 1) on validation AUC and needs "
                          f"val data; got early_stopping={early_stopping!r}, val={'given' if val is not None else None}.")
     dist = distributed()
     dev = rank_device(device)
-    train = as_source(train)
+    train = as_source(_checked_data(train, model, "train"))
     task = task_of(train)
     guide = make_guide(train, guide_masks, guide_weight, task) if guide_masks is not None else None
     use_amp = (dev.type == "cuda") if amp == "auto" else bool(amp)
@@ -244,10 +254,11 @@ def fit(model: torch.nn.Module, train: Any, val: Any = None, *, epochs: int = 10
     src = BatchSource(train, batch_size, dev, resolve_workers(num_workers),
                       fields=tuple(dict.fromkeys((*getattr(model, "batch_fields", ()), *(("masks",) if guide else ())))))
     num_logits = _num_logits(model, src)
-    check_labels(labels_of(train), task, num_logits, "train")
+    _check_against_model(train, task, num_logits, "train")
     val_src = None
     if val is not None:
-        val = as_source(val, task, num_logits)
+        val = as_source(_checked_data(val, model, "val"), task, num_logits)
+        _check_against_model(val, task, num_logits, "val")
         val_src = BatchSource(val, max(batch_size, 256), dev, resolve_workers(num_workers))
     weights = _resolve_weights(class_weights, train, task, num_logits, dev)
     loss_fn = _loss_fn(task, weights)
@@ -284,6 +295,8 @@ def fit(model: torch.nn.Module, train: Any, val: Any = None, *, epochs: int = 10
                     if augment is not None:
                         out = augment(batch)
                         batch = out if isinstance(out, dict) else {**batch, "image": out}
+                    if epoch == 1 and step == 0:  # as the model sees it: after transforms and augment
+                        ck.check_images(batch["image"], model, name="train images", value_range=None)
                     loss, _ = objective(batch)
                     if not torch.isfinite(loss):
                         why = describe_nan(batch["image"], batch["index"]) or f"the loss became {loss.item()}"
@@ -340,6 +353,39 @@ def fit(model: torch.nn.Module, train: Any, val: Any = None, *, epochs: int = 10
     return History(rows=tuple(rows), best_epoch=best_epoch, stopped_early=stopped, restored_best=restored)
 
 
+def _checked_data(data: Any, model: torch.nn.Module, name: str) -> Any:
+    """The boundary checks of fit / evaluate / predict on their data (workbench._checks).
+
+    A pair's images and labels are checked whole; a dataset's stored float images are checked
+    for range and NaN/inf in one pass (uint8 storage always fits), and (without a transform) its
+    first sample for channels, size and range. The first batch of every pass is checked again for
+    channels and size as the model sees it (after transforms and ``augment``).
+    """
+    ck.check_dataset(data, name=name)
+    if torch.is_tensor(data):
+        return ck.check_images(data, model, name=f"{name} images", single=False)
+    if ck.is_pair(data):
+        images = ck.check_images(data[0], model, name=f"{name} images", single=False)
+        labels = ck.check_labels(data[1], n=len(images), name=f"{name} labels")
+        return images, labels
+    stored = getattr(data, "images", None)
+    if torch.is_tensor(stored) and stored.is_floating_point():
+        ck.check_range(stored, ck.model_input(model).value_range, name=f"{name} images")
+    if getattr(data, "transform", None) is None:
+        first = data[0]
+        if isinstance(first, dict) and torch.is_tensor(first.get("image")):
+            ck.check_images(first["image"], model, name=f"{name} images", allow_uint8=True)
+    return data
+
+
+def _check_against_model(data: Any, task: str, num_logits: int, name: str) -> None:
+    """Labels in the model's range and, for datasets, as many outputs as classes."""
+    classes = getattr(data, "classes", ())
+    if classes and not isinstance(data, TensorSource):
+        ck.check_outputs(num_logits, num_classes=len(classes), task=task, name="the model")
+    ck.check_labels(labels_of(data), task=task, num_outputs=num_logits, name=f"{name} labels")
+
+
 @torch.no_grad()
 def _predict_source(model: torch.nn.Module, src: BatchSource, task: str, use_amp: bool = False,
                     dist: Dist | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -350,8 +396,10 @@ def _predict_source(model: torch.nn.Module, src: BatchSource, task: str, use_amp
     probs, labels, indices = [], [], []
     rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
     try:
-        for batch in src(shuffle=False, rank=rank, world=world):
+        for i, batch in enumerate(src(shuffle=False, rank=rank, world=world)):
             x, y = batch["image"], batch["label"]
+            if i == 0:
+                ck.check_images(x, model, value_range=None)
             if not torch.isfinite(x).all():
                 raise ValueError(f"cannot predict: {describe_nan(x, batch['index'])}; clean or drop those samples.")
             with torch.autocast(src.device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -421,7 +469,9 @@ def predict(model: torch.nn.Module, data_or_images: Any, *, batch_size: int = 25
     Returns:
         (N, C) float probabilities on the CPU (softmax over classes, or per-label sigmoid).
     """
-    src_data = as_source(data_or_images, task)
+    ck.check_model(model)
+    ck.check_int(batch_size, "batch_size")
+    src_data = as_source(_checked_data(data_or_images, model, "data"), task)
     t = task or task_of(src_data)
     with _OnDevice(model, device) as dev:
         src = BatchSource(src_data, batch_size, dev, resolve_workers(num_workers), keep_on_device=False)
@@ -453,7 +503,11 @@ def evaluate(model: torch.nn.Module, data: Any, *, batch_size: int = 256, device
     Returns:
         Evaluation (``.to_dict()`` for JSON).
     """
-    src_data = as_source(data)
+    ck.check_model(model)
+    ck.check_int(batch_size, "batch_size")
+    ck.check_int(bootstrap, "bootstrap", minimum=0)
+    ck.check_number(ci, "ci", low=0, high=1, low_open=True, high_open=True)
+    src_data = as_source(_checked_data(data, model, "data"))
     task = task_of(src_data)
     with _OnDevice(model, device) as dev:
         src = BatchSource(src_data, batch_size, dev, resolve_workers(num_workers), keep_on_device=False)
@@ -463,10 +517,17 @@ def evaluate(model: torch.nn.Module, data: Any, *, batch_size: int = 256, device
         raise ValueError(f"the model has {probs.shape[1]} outputs but the data has {expected} "
                          f"{'labels' if task == 'multilabel' else 'classes'}; evaluate a model trained "
                          "for this dataset (num_classes=len(dataset.classes)).")
+    ck.check_labels(labels, task=task, num_outputs=probs.shape[1], name="labels")
     auc_ci = acc_ci = None
     if bootstrap:
         auc_ci, acc_ci = bootstrap_ci(probs, labels, task, n=int(bootstrap), ci=ci, seed=seed)
-    return Evaluation(auc=auc_score(probs, labels, task), accuracy=accuracy_score(probs, labels, task),
+    auc = auc_score(probs, labels, task)
+    if math.isnan(auc):
+        present = np.unique(labels).tolist() if task != "multilabel" else "no label with both 0 and 1"
+        warnings.warn(f"AUC is undefined (NaN) on these {len(labels)} samples: the labels hold a single class "
+                      f"({present}); evaluate on data with positives and negatives (accuracy is still reported).",
+                      UserWarning, stacklevel=2)
+    return Evaluation(auc=auc, accuracy=accuracy_score(probs, labels, task),
                       per_class_auc=tuple(float(a) for a in per_class_auc(probs, labels, task)),
                       n=int(len(labels)), task=task, classes=_classes(src_data),
                       auc_ci=auc_ci, accuracy_ci=acc_ci, ci=ci, bootstrap=int(bootstrap))

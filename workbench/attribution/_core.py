@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._checks import check_images, check_model
 from .._device import model_on
 from .._registry import Registry
 
@@ -213,20 +214,11 @@ def _predict(model: nn.Module, x: torch.Tensor, bs: int | None) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- inputs
 
-def _prepare_images(images: Any) -> tuple[torch.Tensor, torch.device, bool]:
-    if isinstance(images, np.ndarray):
-        images = torch.from_numpy(images)
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a (B, C, H, W) tensor, got {type(images).__name__}.")
-    squeeze = images.ndim == 3
-    if squeeze:
-        images = images.unsqueeze(0)
-    if images.ndim != 4:
-        raise ValueError(f"images has shape {tuple(images.shape)}; expected (B, C, H, W) or (C, H, W).")
-    if images.device.type == "meta":
-        raise ValueError("images are on the 'meta' device and hold no data; pass real tensors.")
-    if images.shape[0] == 0:
-        raise ValueError("images is an empty batch (B = 0); pass at least one image.")
+def _prepare_images(images: Any, model: nn.Module) -> tuple[torch.Tensor, torch.device, bool]:
+    """Boundary checks (``workbench._checks.check_images``): shape, dtype (uint8 allowed), NaN/inf,
+    value range, and channels / size against the model."""
+    squeeze = getattr(images, "ndim", None) == 3
+    images = check_images(images, model, allow_uint8=True)
     return images, images.device, squeeze
 
 
@@ -300,7 +292,9 @@ def attribute(model: nn.Module, images: torch.Tensor, target: Any = None,
             methods use ``torch.autograd.grad`` so parameter ``.grad`` fields are untouched.
         images: ``(B, C, H, W)`` (or one ``(C, H, W)``) float in [0, 1] (uint8 is scaled by 1/255).
             They are moved to the model's device and dtype; results come back on the images'
-            original device as float32.
+            original device as float32. Checked first (``workbench._checks.check_images``): NaN/inf,
+            values outside [0, 1] (0-255 or standardised images), channels and size the model does
+            not take raise a ValueError before any work.
         target: class per image: None (the predicted class), an int, or a ``(B,)`` sequence.
             A class outside ``0..num_classes-1`` raises ``ValueError``.
         method: one of ``METHODS.names()`` (see ``workbench.attribution`` for the list).
@@ -317,7 +311,8 @@ def attribute(model: nn.Module, images: torch.Tensor, target: Any = None,
         An :class:`Attribution` with ``maps`` ``(B, H, W)`` at the input size.
 
     Raises:
-        ValueError: unknown method (the valid ones are listed), bad target, bad image shape.
+        ValueError: unknown method (the valid ones are listed), bad target, bad images (shape,
+            NaN/inf, range, channels, size).
         TypeError: a keyword argument the method does not take.
 
     Examples:
@@ -331,9 +326,8 @@ def attribute(model: nn.Module, images: torch.Tensor, target: Any = None,
     _check_kw(fn, method, kw)
     if internal_batch_size is not None and (not isinstance(internal_batch_size, int) or internal_batch_size < 1):
         raise ValueError(f"internal_batch_size must be a positive int or None, got {internal_batch_size!r}.")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-    images, home, squeeze = _prepare_images(images)
+    check_model(model)
+    images, home, squeeze = _prepare_images(images, model)
     b = images.shape[0]
     tgt = _as_target(target, b)
 

@@ -66,7 +66,10 @@ def default_cam_layer(model: nn.Module, image_size: tuple[int, int], min_side: i
 @torch.no_grad()
 def _probe_layer(model: nn.Module, image_size: tuple[int, int], min_side: int) -> str:
     p = next(model.parameters())
-    in_chans = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 3)
+    in_chans = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if in_chans is None:
+        raise ValueError(f"{type(model).__name__} has no convolution or ViT blocks, so there is no spatial layer for "
+                         "Grad-CAM; pass layer=<module name> of a layer with (B, C, h, w) outputs, or use another method.")
     x = torch.zeros(1, in_chans, *image_size, device=p.device, dtype=p.dtype)
     names = [n for n, m in model.named_modules() if n and not isinstance(m, (nn.Sequential, nn.ModuleList))]
     with record_outputs(model, names, detach=True) as rec:

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ._core import MethodOutput, default_batch, image_chunks, register_method, select_target
-from .._image import gaussian_blur, reference_like
+from .. import _checks as ck
+from .._image import gaussian_blur, reference_like, size_pair
 from .baselines import BaselineSet, describe, resolve
 
 
@@ -86,6 +87,7 @@ def integrated_gradients(model: nn.Module, images: torch.Tensor, target: torch.T
     """
     from captum.attr import GradientShap, IntegratedGradients
 
+    ck.check_int(n_steps, "n_steps")
     base = resolve(images, baseline, seed=seed)
     ibs = internal_batch_size or default_batch(images)
     params = {"n_steps": int(n_steps), "baseline": describe(baseline)}
@@ -132,6 +134,9 @@ def smoothgrad(model: nn.Module, images: torch.Tensor, target: torch.Tensor, *, 
     """
     from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
 
+    ck.check_int(nt_samples, "nt_samples")
+    ck.check_int(n_steps, "n_steps")
+    ck.check_number(stdevs, "stdevs", low=0)
     span = float(images.amax() - images.amin()) or 1.0
     per = 1 if base == "saliency" else int(n_steps)
     ibs = internal_batch_size or default_batch(images)
@@ -171,6 +176,8 @@ def gradient_shap(model: nn.Module, images: torch.Tensor, target: torch.Tensor, 
     """
     from captum.attr import GradientShap
 
+    ck.check_int(n_samples, "n_samples")
+    ck.check_number(stdevs, "stdevs", low=0)
     if isinstance(baselines, BaselineSet):
         bl = resolve(images, baselines).images.to(images.device, images.dtype)  # all references, checked
     elif isinstance(baselines, str):
@@ -274,9 +281,11 @@ def occlusion(model: nn.Module, images: torch.Tensor, target: torch.Tensor, *, w
     from captum.attr import Occlusion
 
     b, c, h, w = images.shape
-    win = default_window(h, w) if window is None else ((window, window) if isinstance(window, int) else tuple(window))
-    st = (max(1, win[0] // 2), max(1, win[1] // 2)) if stride is None else (
-        (stride, stride) if isinstance(stride, int) else tuple(stride))
+    win = default_window(h, w) if window is None else size_pair(window, "window")
+    if win[0] > h or win[1] > w:
+        raise ValueError(f"window {win} is larger than the {h}x{w} images; pass a window of at most ({h}, {w}) "
+                         f"(default: 1/8 of the side, {default_window(h, w)}).")
+    st = (max(1, win[0] // 2), max(1, win[1] // 2)) if stride is None else size_pair(stride, "stride")
     ppe = max(1, (internal_batch_size or 64) // b)
     attr = Occlusion(model).attribute(images, sliding_window_shapes=(c, *win), strides=(c, *st),
                                       baselines=baseline_like(images, baseline), target=target,
@@ -293,6 +302,7 @@ def slic_segments(images: torch.Tensor, n_segments: int | None = None) -> torch.
     from skimage.segmentation import slic
 
     b, c, h, w = images.shape
+    ck.check_int(n_segments, "n_segments", none_ok=True)
     n = int(n_segments) if n_segments else int(min(200, max(16, h * w // 64)))
     arr = images.detach().float().cpu().numpy()
     out = np.zeros((b, 1, h, w), dtype=np.int64)

@@ -1,4 +1,4 @@
-"""Helpers shared by the subcommands: JSON output and loading data splits."""
+"""Helpers shared by the subcommands: early argument checks, JSON output and loading data splits."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,18 @@ from pathlib import Path
 from typing import Any
 
 from workbench._io import atomic_write_text
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Checks every command runs before any work (``workbench._checks``): ``--out`` must be a
+    writable folder and ``--device`` a device that exists here, so a typo or a missing GPU fails
+    in a second with one line instead of after loading data or training."""
+    from workbench._checks import check_device, check_output_path
+
+    if getattr(args, "out", None) is not None:
+        check_output_path(args.out, name="--out", directory=True)
+    if getattr(args, "device", None) is not None:
+        check_device(args.device)
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from workbench.cli._common import load_split, write_json
+from workbench.cli._common import check_args, load_split, write_json
 
 # The demo trains the small ViT of the phantom's difficulty benchmark on the default phantom's
 # "abnormal" task (all five findings): many fresh images seen a few times (ViTs want data; the
@@ -107,6 +107,10 @@ def run_demo(out: str | Path, *, quick: bool = False, device: str = "auto", seed
     from workbench import models, viz
     from workbench.train import evaluate, fit
 
+    from workbench._checks import check_device, check_output_path
+
+    check_output_path(out, name="out", directory=True)
+    check_device(device)
     t0 = time.perf_counter()
     p = dict(DEMO_QUICK if quick else DEMO_DEFAULTS)
     p.update({k: v for k, v in overrides.items() if v is not None})
@@ -160,6 +164,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_args(args)
     report = run_demo(args.out, quick=args.quick, device=args.device, seed=args.seed,
                       progress=not args.no_progress, size=args.size, epochs=args.epochs,
                       n_train=args.n_train, n_test=args.n_test)

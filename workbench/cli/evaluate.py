@@ -6,13 +6,14 @@ import argparse
 import json
 from typing import Any
 
-from workbench.cli._common import data_for_model
+from workbench.cli._common import check_args, data_for_model
 
 
 def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from workbench import models
     from workbench.train import evaluate
 
+    check_args(args)
     model = models.load(args.checkpoint)
     data = data_for_model(args, model)
     # under torchrun each rank predicts its share and the predictions of all ranks are gathered

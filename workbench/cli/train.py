@@ -10,13 +10,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from workbench.cli._common import data_kw, load_split, try_split, write_json
+from workbench.cli._common import check_args, data_kw, load_split, try_split, write_json
 
 
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
     from workbench import models, viz
     from workbench.train import evaluate, fit
 
+    check_args(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     kw = data_kw(args)

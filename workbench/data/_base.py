@@ -19,6 +19,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from workbench._checks import check_labels, check_stored_images
+
 TASKS = ("binary", "multiclass", "multilabel")
 Sample = dict[str, Any]
 Transform = Callable[[Sample], Sample]
@@ -119,9 +121,8 @@ class ArrayDataset(BaseDataset):
         if images.ndim != 4:
             raise ValueError(f"images must be (N, C, H, W); got shape {tuple(images.shape)}.")
         n, _, h, w = images.shape
-        if images.is_floating_point():
-            if torch.isnan(images).any():
-                raise ValueError("images contain NaN values; clean or drop those samples before loading.")
+        if images.is_floating_point():  # NaN/inf and 0-255 stored as floats, in one pass
+            check_stored_images(images, name="images")
         elif images.dtype != torch.uint8:
             raise TypeError(f"images must be uint8 or float; got {images.dtype}.")
         if task not in TASKS:
@@ -136,7 +137,7 @@ class ArrayDataset(BaseDataset):
                 labels = labels[:, 0]
             if labels.shape != (n,):
                 raise ValueError(f"labels must be (N,) or (N, 1) with N={n}; got shape {tuple(labels.shape)}.")
-            labels = labels.long()
+            labels = check_labels(labels, task=task, n=n)  # no NaN, no fractions truncated to a class
             if n and (labels.min() < 0 or labels.max() >= len(classes)):
                 raise ValueError(f"labels must lie in [0, {len(classes) - 1}] for classes {list(classes)}; "
                                  f"got values from {int(labels.min())} to {int(labels.max())}.")
@@ -208,7 +209,13 @@ def label_map(masks: dict[str, torch.Tensor], structures: Sequence[str]) -> torc
     Returns:
         (..., H, W) long.
     """
+    if not masks:
+        raise ValueError("masks is an empty dict; pass {structure: (..., H, W) bool} with at least one structure.")
     ref = next(iter(masks.values()))
+    bad = [k for k, m in masks.items() if tuple(m.shape) != tuple(ref.shape)]
+    if bad:
+        raise ValueError(f"masks {bad} differ in shape from {next(iter(masks))!r} {tuple(ref.shape)}; every mask "
+                         "must have the same (..., H, W) shape (resize them together).")
     out = torch.zeros(ref.shape, dtype=torch.long)
     for k, name in enumerate(structures, start=1):
         if name in masks:
@@ -218,6 +225,8 @@ def label_map(masks: dict[str, torch.Tensor], structures: Sequence[str]) -> torc
 
 def to_numpy_image(image: torch.Tensor) -> np.ndarray:
     """(C, H, W) tensor in [0, 1] -> (H, W) or (H, W, 3) float numpy array for plotting."""
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"image must be a (C, H, W) tensor; got {type(image).__name__}.")
     x = image.detach().float().cpu()
     if x.ndim == 3 and x.shape[0] == 1:
         return x[0].numpy()

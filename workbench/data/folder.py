@@ -47,6 +47,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from workbench._checks import check_class_indices
 from workbench._image import size_pair
 from workbench.data._base import ArrayDataset, BaseDataset, Sample, Transform
 from workbench.data._readers import IMAGE_EXTS, nearest, prepare, read_image, read_image_meta, read_mask
@@ -80,6 +81,7 @@ def _labels(df: Any, column: str, csv: Path) -> tuple[torch.Tensor, tuple[str, .
         if not np.array_equal(vals, np.round(vals)) or (vals < 0).any():
             raise ValueError(f"{csv}: numeric column {column!r} must hold class indices 0..C-1; got values such as "
                              f"{sorted(set(vals.tolist()))[:5]}. Use strings for named classes.")
+        check_class_indices(vals, f"{csv}: column {column!r}")
         classes = tuple(str(i) for i in range(max(int(vals.max()) + 1, 2)))
         return torch.as_tensor(vals.astype(np.int64)), classes
     names = sorted(col.astype(str).unique())

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from workbench._checks import check_class_indices
 from workbench.data._base import TASKS, ArrayDataset
 from workbench.data._paths import default_data_dir, shared_data_path
 
@@ -148,9 +149,10 @@ def load_npz(path: str | Path, split: str = "train", *, task: str | None = None,
         if labels.size and not np.array_equal(labels, np.round(labels)):
             raise ValueError(f"{path.name}: {kl} holds non-integer values; expected class indices 0..C-1.")
         if classes is None:
-            top = max([int(labels.max()) if labels.size else 0]
-                      + [int(np.max(npz[f"{s}_labels"])) for s in SPLITS
-                         if s != split and f"{s}_labels" in keys and npz[f"{s}_labels"].size])
+            every = [labels.reshape(-1)] + [np.asarray(npz[f"{s}_labels"]).reshape(-1) for s in SPLITS
+                                            if s != split and f"{s}_labels" in keys and npz[f"{s}_labels"].size]
+            check_class_indices(np.concatenate(every), f"{path.name} ({', '.join(SPLITS)} labels)")
+            top = max(int(v.max()) if v.size else 0 for v in every)
             classes = tuple(str(i) for i in range(max(top + 1, 2)))
         task = task or ("binary" if len(classes) == 2 else "multiclass")
     if n is not None:

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from workbench._checks import check_int
+from workbench._image import size_pair
 from workbench.data._base import ArrayDataset
 from workbench.data.transforms import resize_images, resize_masks, to_channels
 
@@ -105,6 +107,9 @@ def load(source: str | os.PathLike, split: str | None = "train", size: int | Seq
         >>> ds = load("../shared/data/cxr_anatomy", label_column="finding", size=128)  # doctest: +SKIP
         >>> ds = load("/data/nih_cxr14", lazy=True, size=224)      # 112k images, read in workers  # doctest: +SKIP
     """
+    check_int(n, "n", none_ok=True)
+    if size is not None:
+        size_pair(size, "size")
     is_folder_or_npz = not (isinstance(source, str) and (source == "phantom" or source.startswith("medmnist:")))
     if lazy and not (is_folder_or_npz and Path(str(source)).expanduser().is_dir()):
         raise ValueError(f"lazy=True applies to folder datasets only; {str(source)!r} is loaded into memory "

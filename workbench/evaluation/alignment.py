@@ -21,7 +21,7 @@ Choices (documented so numbers can be compared):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -110,6 +110,12 @@ def anatomy_alignment(communities: Any, masks: Any, *, structures: Sequence[str]
     import pandas as pd
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
+    if not hasattr(communities, "memberships") or not hasattr(communities, "hard"):
+        raise TypeError(f"communities must be a Communities result (workbench.communities(maps, k=...)); got "
+                        f"{type(communities).__name__}.")
+    if not isinstance(masks, (Mapping, torch.Tensor, np.ndarray)):
+        raise TypeError(f"masks must be a dict {{structure: (B, H, W) bool}}, a batch dict or an integer (B, H, W) "
+                        f"label map; got {type(masks).__name__}.")
     masks, present, names = _as_masks(masks, structures, background)
     ref = next(iter(masks.values()))
     b, (h, w) = communities.memberships.shape[0], communities.grid
@@ -128,6 +134,12 @@ def anatomy_alignment(communities: Any, masks: Any, *, structures: Sequence[str]
                  for k, v in masks.items()}
         size = tuple(target)
     hh, ww = size
+    annotated = [bool(masks[s][i].any()) and (present is None or s not in present or bool(present[s][i]))
+                 for s in names for i in range(b)]
+    if not any(annotated):
+        raise ValueError(f"every mask ({', '.join(names)}) is empty on these {b} images, so there is no anatomy to "
+                         "align with (purity and ARI would describe the background only); pass the masks of "
+                         "annotated structures (mask_present says which are annotated).")
     if present is None:
         present = {k: torch.ones(b, dtype=torch.bool) for k in names}
     else:

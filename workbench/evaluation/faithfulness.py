@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import check_images, check_int, check_model
 from .._device import model_on
 from ._common import as_maps
 from .._image import reference_like
@@ -113,10 +114,10 @@ def deletion_insertion(model: nn.Module, images: torch.Tensor, maps: Any, target
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         raise ValueError(f"mode must be 'deletion', 'insertion' or both; got {mode!r}.")
-    if int(steps) < 1:
-        raise ValueError(f"steps must be >= 1; got {steps}.")
-    if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        raise ValueError(f"images must be a (B, C, H, W) tensor; got {getattr(images, 'shape', type(images))}.")
+    check_int(steps, "steps")
+    check_int(batch_size, "batch_size")
+    check_model(model)
+    images = check_images(images, model, single=False)
     if target is None and hasattr(maps, "target") and not isinstance(maps, torch.Tensor):
         target = maps.target
     if not label and hasattr(maps, "method") and not isinstance(maps, torch.Tensor):

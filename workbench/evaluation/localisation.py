@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .._checks import check_int
 from ._common import align, as_maps, broadcast, split_masks, union
 
 TIES = ("fraction", "any", "all")
@@ -235,6 +236,9 @@ def topk_iou(maps: Any, masks: Any, *, k: float = 0.05, resize: bool = False) ->
     n = a.shape[1]
     if isinstance(k, bool) or not isinstance(k, (int, float)) or k <= 0 or (isinstance(k, float) and k > 1):
         raise ValueError(f"k must be a fraction in (0, 1] or a pixel count >= 1; got {k!r}.")
+    if not isinstance(k, float) and k > n:
+        raise ValueError(f"k={k} pixels is more than the {n} pixels of each map; pass a pixel count <= {n} or a "
+                         "fraction in (0, 1] (e.g. k=0.05).")
     kk = max(1, min(n, int(round(k * n)) if isinstance(k, float) else int(k)))
     thr = a.topk(kk, dim=1).values[:, -1:]
     region = a >= thr
@@ -324,6 +328,7 @@ def cohort_budget(maps: Any, masks: Any = None, *, bootstrap: int = 1000, ci: fl
     """
     if not 0 < ci < 1:
         raise ValueError(f"ci must lie in (0, 1); got {ci}.")
+    check_int(bootstrap, "bootstrap", minimum=0)
     if isinstance(maps, pd.DataFrame):
         per = maps
     else:

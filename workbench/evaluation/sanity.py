@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .._checks import check_images, check_model
 from .._device import model_device
 from ._common import as_maps
 
@@ -144,6 +145,8 @@ def randomisation_test(model: nn.Module, images: torch.Tensor, method: str | Cal
     """
     from tqdm.auto import tqdm
 
+    check_model(model)
+    images = check_images(images, model)
     if order not in ("top_down", "independent"):
         raise ValueError(f"order must be 'top_down' or 'independent'; got {order!r}.")
     sims = (similarity,) if isinstance(similarity, str) else tuple(similarity)

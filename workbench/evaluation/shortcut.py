@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .._checks import check_int, check_outputs
 from .._device import model_device
 from .._image import reference_like
 
@@ -245,10 +246,17 @@ def subgroup_metrics(model: nn.Module, dataset: Any, by: str | Sequence[str] | C
         sensitivity, specificity, positive_rate (predicted positive) the value with ``_lo``/``_hi``.
         AUC (and sensitivity / specificity) is NaN in a group holding a single class: undefined.
     """
+    check_int(bootstrap, "bootstrap", minimum=0)
     if probs is None:
         probs = _predict(model, dataset, batch_size=batch_size, device=device)
     probs = torch.as_tensor(probs).float().cpu()
     labels = torch.as_tensor(dataset.labels).cpu()
+    if probs.ndim != 2 or probs.shape[0] != len(labels):
+        raise ValueError(f"probs has shape {tuple(probs.shape)} but the dataset has {len(labels)} samples; pass "
+                         "(N, C) probabilities of this dataset (workbench.train.predict(model, dataset)).")
+    classes = getattr(dataset, "classes", ())
+    if classes:
+        check_outputs(probs.shape[1], num_classes=len(classes), task=getattr(dataset, "task", "binary"))
     if labels.ndim != 1:
         raise ValueError("subgroup_metrics supports binary and multiclass tasks (labels (N,)); got multilabel labels.")
     meta = list(dataset.meta)
@@ -377,7 +385,16 @@ def shortcut_audit(model: nn.Module, dataset: Any, *, structures: Sequence[str] 
     Returns:
         ShortcutAudit.
     """
+    check_int(bootstrap, "bootstrap", minimum=0)
+    check_int(n_budget, "n_budget")
+    names = {k for k in getattr(dataset, "structures", ())}
+    missing = [s for s in (*structures, *(budget_structures or ())) if names and s not in names]
+    if missing:
+        raise ValueError(f"structures {missing} have no masks in this dataset; it has {sorted(names)}.")
     probs = _predict(model, dataset, batch_size=batch_size, device=device)
+    classes = getattr(dataset, "classes", ())
+    if classes:
+        check_outputs(probs.shape[1], num_classes=len(classes), task=getattr(dataset, "task", "binary"))
     mot = mask_of_truth_protocol(model, dataset, structures, box=box, fill=fill, batch_size=batch_size, device=device)
     have = {k for m in dataset.meta for k in m}
     keys = [g for g in groups if g in have]

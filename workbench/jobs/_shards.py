@@ -14,6 +14,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from workbench._checks import check_output_path
 from workbench._io import atomic_path, atomic_write_text
 from workbench.jobs._dist import Dist, broadcast, distributed
 
@@ -132,6 +133,7 @@ class Job:
         self.out = Path(out).expanduser()
         if self.out.exists() and not self.out.is_dir():
             raise NotADirectoryError(f"{self.out} is a file; a job writes a folder. Pass a folder path for out.")
+        check_output_path(self.out, name="out", directory=True)  # writable, before any rank starts work
         self.n, self.shard_size, self.dtype = int(n), int(shard_size), np.dtype(dtype)
         self.num_shards = math.ceil(self.n / self.shard_size)
         self.header = _jsonable({"format": FORMAT, "spec": dict(spec), "n": self.n, "shard_size": self.shard_size,
@@ -522,7 +524,7 @@ def fingerprint(obj: Any) -> dict[str, Any]:
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-d too (BatchNorm counters)
         return _jsonable({"model": getattr(obj, "workbench_config", None) or type(obj).__name__,
                           "weights_sha256": h.hexdigest()[:32]})
-    if hasattr(obj, "__len__") and hasattr(obj, "__getitem__"):
+    if hasattr(obj, "__len__") and hasattr(obj, "__getitem__") and not isinstance(obj, (str, bytes)):
         from workbench.data._info import dataset_info, dataset_ids
         info = dataset_info(obj)
         ids = dataset_ids(obj)

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from workbench._checks import check_output_path
 from workbench._io import atomic_path
 
 from .factory import create_from_config
@@ -92,6 +93,7 @@ def save(model: torch.nn.Module, path: str | os.PathLike) -> Path:
         raise TypeError("model has no workbench_config; create it with workbench.models.create(...) so "
                         "that it can be rebuilt on load (or save its state_dict yourself).")
     weights, config = checkpoint_paths(path)
+    check_output_path(weights, name="path")  # writable before anything is written
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     # tied/shared tensors would make safetensors refuse; clone them apart
     seen: set[int] = set()

@@ -7,6 +7,7 @@ import platform
 from pathlib import Path
 from typing import Any, Iterable
 
+from .._checks import check_output_path
 from .._io import atomic_path, atomic_write_text
 
 FORMATS = ("png", "pdf", "svg")
@@ -62,7 +63,10 @@ def save_figure(fig: Any, path: str | os.PathLike, *, formats: Iterable[str] | N
     from ._recipes import FORMAT, with_relative
     from ._style import STYLES
 
+    if not hasattr(fig, "savefig"):
+        raise TypeError(f"fig must be a matplotlib Figure (e.g. from a workbench.viz function); got {type(fig).__name__}.")
     path = Path(path)
+    check_output_path(path.parent, name="the folder of path", directory=True)  # writable before any drawing
     if formats is None:
         suffix = path.suffix.lower().lstrip(".")
         formats = [suffix] if suffix else list(FORMATS)

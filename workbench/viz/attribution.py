@@ -6,6 +6,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from .._checks import check_index, check_masks
 from ._style import figsize as _figsize, rc, structure_colours, styled
 
 
@@ -125,7 +126,9 @@ def attribution_grid(images: Any, attributions: Mapping[str, Any] | Sequence[Any
     if imgs.ndim == 3:
         imgs = imgs[None]
     n = imgs.shape[0]
-    cols = list(range(n)) if indices is None else [int(i) for i in indices]
+    cols = list(range(n)) if indices is None else [check_index(i, n, name="indices", what="images") for i in indices]
+    if masks:
+        check_masks(masks, imgs.shape[-2:])
     for name, a in attributions.items():
         if tuple(a.maps.shape[-2:]) != imgs.shape[-2:] or a.maps.shape[0] != n:
             raise ValueError(f"attribution {name!r} has maps {tuple(a.maps.shape)} but images are {imgs.shape}; "

@@ -36,7 +36,14 @@ def budget_bars(budget: pd.DataFrame | Mapping[str, pd.DataFrame], ax: Any = Non
     Returns:
         The matplotlib Figure.
     """
+    if not isinstance(budget, (pd.DataFrame, Mapping)):
+        raise TypeError(f"budget must be a cohort_budget DataFrame or a dict {{name: DataFrame}}; got "
+                        f"{type(budget).__name__}.")
     tables = {"": budget} if isinstance(budget, pd.DataFrame) else dict(budget)
+    bad = [k for k, t in tables.items() if not isinstance(t, pd.DataFrame) or not {"structure", "mean"} <= set(t.columns)]
+    if bad:
+        raise TypeError(f"budget entries {bad} are not cohort_budget DataFrames (columns structure, mean, lo, hi); "
+                        "pass workbench.evaluation.cohort_budget(...) results.")
     if not tables:
         raise ValueError("budget_bars needs a cohort_budget DataFrame or a non-empty dict of them.")
     for k, t in tables.items():
@@ -91,6 +98,13 @@ def deletion_curves(faith: Any, ax: Any = None, *, modes: tuple[str, ...] = ("de
         The matplotlib Figure.
     """
     items = dict(faith) if isinstance(faith, Mapping) else {getattr(faith, "label", "") or "map": faith}
+    bad = [k for k, f in items.items() if not hasattr(f, "fractions")]
+    if bad:
+        raise TypeError(f"faith must be a Faithfulness result (workbench.evaluation.deletion_insertion) or a dict of "
+                        f"them; got {type(faith).__name__}.")
+    for m in modes:
+        if m not in ("deletion", "insertion"):
+            raise ValueError(f"modes must hold 'deletion' and/or 'insertion'; got {m!r}.")
     if not items:
         raise ValueError("deletion_curves needs a Faithfulness or a non-empty dict of them.")
     fig, ax = _axes(ax, (3.6, 2.8))
@@ -134,6 +148,9 @@ def audit_figure(audit: Any, *, metric: str = "accuracy", figsize: tuple[float, 
     """
     import matplotlib.pyplot as plt
 
+    if not all(hasattr(audit, a) for a in ("mask_of_truth", "positives")):
+        raise TypeError(f"audit must be a ShortcutAudit (workbench.evaluation.shortcut_audit); got "
+                        f"{type(audit).__name__}.")
     has_budget = getattr(audit, "budget", None) is not None
     n = 3 if has_budget else 2
     with rc():

@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from .._checks import check_index, check_masks
 from ._style import colours, figsize, rc, structure_colours, styled
 
 __all__ = ["community_rgb", "community_overlay", "community_grid", "attention_grid", "draw_contours",
@@ -103,8 +104,14 @@ def community_rgb(image: Any, communities: Any, index: int = 0, *, alpha: float 
     """
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must be in [0, 1]; got {alpha}.")
+    _check_communities(communities)
+    index = check_index(index, communities.memberships.shape[0], what="images of the communities")
     img = _image(image, index, communities.image_size)
     hh, ww = img.shape[:2]
+    size = communities.image_size
+    if image is not None and size is not None and (hh, ww) != tuple(size):
+        raise ValueError(f"image is {hh}x{ww} but the communities were computed on {size[0]}x{size[1]} images; pass "
+                         "the images the communities come from.")
     h, w = communities.grid
     k = communities.memberships.shape[-1]
     pal = torch.tensor([_hex_rgb(c) for c in community_colours(k)], dtype=torch.float32)  # (K, 3)
@@ -256,6 +263,12 @@ def _community_names(communities: Any, index: int, masks: Any, structures: Seque
     return names_from_fractions(communities.memberships[index], names, frac)
 
 
+def _check_communities(communities: Any) -> None:
+    if not all(hasattr(communities, a) for a in ("memberships", "hard", "grid")):
+        raise TypeError(f"communities must be a Communities result (workbench.communities(...)); got "
+                        f"{type(communities).__name__}.")
+
+
 @styled
 def community_overlay(image: Any, communities: Any, index: int = 0, *, masks: Any = None,
                       structures: Sequence[str] | None = None, alpha: float = 0.5, soft: bool = True,
@@ -286,6 +299,8 @@ def community_overlay(image: Any, communities: Any, index: int = 0, *, masks: An
     from matplotlib.patches import Patch
 
     rgb = community_rgb(image, communities, index, alpha=alpha, soft=soft)
+    if masks:
+        check_masks(masks, rgb.shape[:2])  # contours of another size would land in the wrong place
     with rc():
         fig = None
         if ax is None:
@@ -335,6 +350,7 @@ def community_grid(images: Any, model_or_maps: Any, layers: Sequence[int] | None
 
     if isinstance(images, dict):
         images = images["image"]
+    index = check_index(index, len(images), what="images")
     maps = _compute_maps(model_or_maps, images, device) if isinstance(model_or_maps, torch.nn.Module) else model_or_maps
     n_layers = len(maps.attentions)
     layers = list(range(n_layers)) if layers is None else list(layers)
@@ -386,9 +402,18 @@ def attention_grid(maps: Any, index: int = 0, layers: Sequence[int] | None = Non
     """
     import matplotlib.pyplot as plt
 
+    if not all(hasattr(maps, a) for a in ("attentions", "grid", "num_prefix_tokens")):
+        raise TypeError(f"maps must be an AttentionMaps result (workbench.attention_maps(model, images)); got "
+                        f"{type(maps).__name__}.")
     n_layers = len(maps.attentions)
     layers = list(range(n_layers)) if layers is None else list(layers)
     hl = _heads_list(heads, maps.attentions[0].shape[1])
+    index = check_index(index, maps.attentions[0].shape[0], what="images of the maps")
+    for li in layers:
+        check_index(li, n_layers, name="layer", what="captured layers")
+    for hd in hl:
+        if hd is not None:
+            check_index(hd, maps.attentions[0].shape[1], name="head", what="heads")
     h, w = maps.grid
     p = int(maps.num_prefix_tokens)
     readout = list(getattr(maps, "readout_tokens", (0,) if p else ()))

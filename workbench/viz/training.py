@@ -23,6 +23,9 @@ def training_curves(history: Any, ax: Any = None, **style: Any) -> Any:
     import matplotlib.pyplot as plt
 
     rows = list(getattr(history, "rows", history))
+    if not all(isinstance(r, dict) and "epoch" in r and "loss" in r for r in rows):
+        raise TypeError(f"history must be a History returned by workbench.fit (rows of epoch, loss, val_auc...); got "
+                        f"{type(history).__name__}.")
     if not rows:
         raise ValueError("history has no epochs to plot; train for at least one epoch.")
     c = colours(3)
