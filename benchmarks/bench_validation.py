@@ -31,7 +31,7 @@ ROOT = HERE.parent
 TABLES = HERE / "tables"
 sys.path.insert(0, str(ROOT / "tests"))  # the case table; workbench itself comes from PYTHONPATH
 
-OUTCOMES = ("clear", "unclear", "silent", "fine", "false alarm")
+OUTCOMES = ("clear", "unclear", "silent", "fine", "false alarm")  # "absent": the verb did not exist
 LABELS = {"clear": "clear error", "unclear": "unclear error", "silent": "silently wrong", "fine": "fine (valid input ran)",
           "false alarm": "false alarm (valid input rejected)"}
 
@@ -112,36 +112,51 @@ def cost(repeats: int, n: int) -> None:
         w.writerows(rows)
 
 
+def _counts(rows: list[dict[str, str]]) -> list[str]:
+    return [str(sum(r["outcome"] == o for r in rows)) for o in OUTCOMES]
+
+
 def table() -> str:
     out = ["# Validation (issue 17): bad inputs over the public API", ""]
-    runs = {lab: _read(lab) for lab in ("before", "after")}
-    have = {k: v for k, v in runs.items() if v}
-    if have:
-        out += ["Every case of `tests/bad_inputs.py` (the table `tests/test_bad_inputs.py` asserts on), classified by "
-                "the rules in its docstring: **clear** = a ValueError/TypeError/LookupError or file-system error raised "
-                "by workbench's own code whose message names the problem (CLI: one line and a non-zero exit); "
-                "**unclear** = any other exception (torch/timm internals, raw OS errors, tracebacks); **silently "
-                "wrong** = a bad input accepted; **fine** = a borderline input that is valid as documented ran; "
-                "**false alarm** = such a valid input was rejected. `before`: main before `workbench/_checks.py`.", ""]
-        cols = list(have)
-        out.append("| outcome | " + " | ".join(f"{c} ({len(have[c])} cases)" for c in cols) + " |")
+    before, after = _read("before"), _read("after")
+    if before or after:
+        out += ["Every case of `tests/bad_inputs.py` (the table `tests/test_bad_inputs.py` asserts on: one bad or "
+                "borderline input to one public verb), classified by the rules in its docstring: **clear** = a "
+                "ValueError/TypeError/LookupError or file-system error raised by an explicit `raise` in workbench's "
+                "own code whose message names the problem (CLI: one line and a non-zero exit); **unclear** = any other "
+                "exception (torch/timm internals, raw OS errors, tracebacks); **silently wrong** = a bad input "
+                "accepted; **fine** = a borderline input that is valid as documented ran; **false alarm** = such a "
+                "valid input was rejected. `before` ran the same table on main before `workbench/_checks.py` (commit "
+                "fba8f10), on the verbs that existed then; `after` is this checkout.", ""]
+        cols: list[tuple[str, list[dict[str, str]]]] = []
+        if before:
+            old = [r for r in before if r["outcome"] != "absent"]
+            keys = {(r["verb"], r["name"]) for r in old}
+            cols.append((f"before ({len(old)} cases)", old))
+            if after:
+                cols.append((f"after, same cases ({len(keys)})", [r for r in after if (r["verb"], r["name"]) in keys]))
+        if after:
+            cols.append((f"after, all cases ({len(after)})", after))
+        out.append("| outcome | " + " | ".join(c for c, _ in cols) + " |")
         out.append("|---|" + "---:|" * len(cols))
-        for o in OUTCOMES:
-            out.append(f"| {LABELS[o]} | " + " | ".join(str(sum(r['outcome'] == o for r in have[c])) for c in cols) + " |")
-        issue = {c: [r for r in have[c] if r["issue"] == "True"] for c in cols}
-        out.append(f"| of which listed in the issue, not clear | " + " | ".join(
-            str(sum(r["outcome"] not in ("clear", "fine") for r in issue[c])) + f" of {len(issue[c])}" for c in cols) + " |")
-        last = have[cols[-1]]
+        counts = [_counts(rows) for _, rows in cols]
+        for i, o in enumerate(OUTCOMES):
+            out.append(f"| {LABELS[o]} | " + " | ".join(c[i] for c in counts) + " |")
+        out.append("| cases named in the issue, not clear | " + " | ".join(
+            f"{sum(r['outcome'] not in ('clear', 'fine') for r in rows if r['issue'] == 'True')} of "
+            f"{sum(r['issue'] == 'True' for r in rows)}" for _, rows in cols) + " |")
+        last = cols[-1][1]
         bad = [r for r in last if r["outcome"] not in ("clear", "fine")]
         if bad:
-            out += ["", f"Not yet clear in `{cols[-1]}`:", ""]
+            out += ["", "Not clear yet:", ""]
             out += [f"- {r['verb']} / {r['name']}: {r['outcome']} ({r['detail'][:140]})" for r in bad]
     cost_path = TABLES / "validation_cost.csv"
     if cost_path.exists():
         with cost_path.open() as f:
             rows = list(csv.DictReader(f))
-        out += ["", "Cost of `check_images(x, model)` before a batch-1 forward (CPU, 1 thread; interleaved, medians; "
-                "ratio = checked forward / plain forward):", "",
+        out += ["", "Cost of `check_images(x, model)` (what every verb runs on its images) before a batch-1 forward in "
+                "eval mode without gradients: CPU, 1 thread, plain and checked forwards interleaved, 20 forwards per "
+                "timing, medians of the repeats (min-max in brackets); ratio = checked forward / plain forward.", "",
                 "| model | px | forward ms | check µs | ratio (min-max) |", "|---|---:|---:|---:|---|"]
         for r in rows:
             out.append(f"| {r['model']} | {r['size']} | {float(r['forward_ms']):.2f} | {float(r['check_us']):.0f} | "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ORDER = ["setup", "train", "train_gpu", "phantom", "attention", "communities", "communities_gpu", "attribution",
-         "attribution_gpu", "evaluation", "pruning", "concepts", "scale"]
+         "attribution_gpu", "evaluation", "pruning", "concepts", "scale", "validation"]
 
 HEADER = """# Benchmarks
 
@@ -30,6 +30,7 @@ run on a lent NVIDIA H100 machine with `--device cuda`.
 | `bench_concepts.py` | CBM vs black box, concept AUCs, intervention curves; TCAV significance with/without a shortcut, agreement and cost vs captum; site repair without training; CBM training throughput; explorer redraw |
 | `bench_pruning.py` | pruned size/speed; AUC vs ratio per criterion (peers: Torch-Pruning magnitude/Taylor); explanations after pruning; shortcut removal; scoring cost |
 | `bench_scale.py` | lazy 20,000-PNG folder: memory while iterating, fit throughput lazy vs in memory; `workbench explain` under torchrun vs one process; CheXmask decoding speed |
+| `bench_validation.py` | bad inputs over the public API (clear / unclear / silently wrong, before and after the checks); cost of the checks vs a batch-1 forward |
 """
 
 

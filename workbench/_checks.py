@@ -81,9 +81,10 @@ from torch import nn
 
 from workbench._device import resolve_device
 
-__all__ = ["RANGE_TOLERANCE", "InputSpec", "model_input", "check_images", "check_range", "check_stored_images", "check_labels", "check_class_indices", "check_outputs",
-           "check_dataset", "is_pair", "check_masks", "check_output_path", "check_device", "check_model", "check_int",
-           "check_number", "check_choice", "check_index", "check_callable"]
+__all__ = ["RANGE_TOLERANCE", "InputSpec", "model_input", "check_images", "check_range", "check_stored_images",
+           "check_labels", "check_class_indices", "check_outputs", "check_dataset", "is_pair", "check_masks",
+           "check_output_path", "check_device", "check_model", "check_int", "check_number", "check_choice",
+           "check_index", "check_callable"]
 
 RANGE_TOLERANCE = 0.1
 _UNSET: Any = object()

@@ -303,18 +303,6 @@ def class_weights(labels: torch.Tensor, task: str, num_classes: int) -> torch.Te
     return w
 
 
-def check_labels(labels: torch.Tensor, task: str, num_logits: int, where: str) -> None:
-    if task == "multilabel":
-        if labels.ndim != 2 or labels.shape[1] != num_logits:
-            raise ValueError(f"{where}: multilabel labels are {tuple(labels.shape)} but the model has "
-                             f"{num_logits} outputs; create the model with num_classes={labels.shape[-1]}.")
-        return
-    if labels.numel() and (int(labels.max()) >= num_logits or int(labels.min()) < 0):
-        raise ValueError(f"{where}: labels range {int(labels.min())}..{int(labels.max())} but the model has "
-                         f"{num_logits} outputs; create it with num_classes=len(dataset.classes) "
-                         "(2 for binary tasks).")
-
-
 def describe_nan(images: torch.Tensor, idx: Sequence[int] | torch.Tensor) -> str | None:
     """A message naming the samples whose image holds NaN/inf, or None."""
     bad = ~torch.isfinite(images.flatten(1)).all(1)

@@ -12,6 +12,7 @@ import importlib
 import sys
 from typing import Sequence
 
+from workbench.cli._common import check_args
 from workbench.cli.demo import DEMO_DEFAULTS, DEMO_QUICK, run_demo
 
 __all__ = ["main", "build_parser", "run_demo", "DEMO_DEFAULTS", "DEMO_QUICK", "COMMANDS"]
@@ -41,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args([a for a in argv if a != "--debug"])
     args.debug = debug
     try:
+        check_args(args, out_is_folder=False)  # --out writable, --device present: before any command's work
         return int(args.func(args) or 0)
     except EXPECTED_ERRORS as e:
         if args.debug:

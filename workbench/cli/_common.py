@@ -10,15 +10,23 @@ from typing import Any
 from workbench._io import atomic_write_text
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Checks every command runs before any work (``workbench._checks``): ``--out`` must be a
-    writable folder and ``--device`` a device that exists here, so a typo or a missing GPU fails
-    in a second with one line instead of after loading data or training."""
+def check_args(args: argparse.Namespace, *, out_is_folder: bool = True) -> None:
+    """Checks run before any work (``workbench._checks``): ``--out`` must be writable and
+    ``--device`` a device that exists here, so a typo or a missing GPU fails in a second with one
+    line instead of after loading data or training.
+
+    ``main`` runs it for every command with ``out_is_folder=False`` (only the folder that will
+    hold ``--out`` is probed, whatever ``--out`` names); commands whose ``--out`` is a folder call
+    it again with ``out_is_folder=True``."""
     from workbench._checks import check_device, check_output_path
 
-    if getattr(args, "out", None) is not None:
-        check_output_path(args.out, name="--out", directory=True)
-    if getattr(args, "device", None) is not None:
+    out = getattr(args, "out", None)
+    if isinstance(out, (str, Path)) and str(out):
+        if out_is_folder:
+            check_output_path(out, name="--out", directory=True)
+        else:
+            check_output_path(Path(out).expanduser().absolute().parent, name="the folder of --out", directory=True)
+    if isinstance(getattr(args, "device", None), str):
         check_device(args.device)
 
 

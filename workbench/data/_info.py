@@ -58,6 +58,9 @@ def dataset_info(data: Any) -> DatasetInfo:
         >>> dataset_info(torch.utils.data.Subset(ds, [0, 1])).task
         'binary'
     """
+    if isinstance(data, (str, bytes)) or torch.is_tensor(data) or not hasattr(data, "__len__"):
+        raise TypeError(f"data must be a dataset (workbench.data.load(...), a Subset or ConcatDataset of them); got "
+                        f"{type(data).__name__}.")
     if isinstance(data, torch.utils.data.Subset):
         base = dataset_info(data.dataset)
     elif isinstance(data, torch.utils.data.ConcatDataset):

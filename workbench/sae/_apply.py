@@ -91,6 +91,10 @@ def bind(sae: SAE, model: nn.Module, *, layer: str | int | None = None, tokens: 
         cfg = getattr(model, "workbench_config", None) or {}
         size = cfg.get("img_size", [224, 224])
         probe = torch.zeros(1, int(cfg.get("in_chans", 3)), int(size[0]), int(size[1]))
+    else:  # the data's own first image: channels and size before the probing forward (workbench._checks)
+        from workbench._checks import check_images
+
+        check_images(probe, model, name="the images", value_range=None)
     layout = infer_layout(run_model, forward_to(run_model, probe.to(dev), name), tokens)
     if src.get("layout") and TokenLayout.from_dict(src["layout"]) != layout:
         raise ValueError(f"the SAE was trained on tokens laid out as {src['layout']} but this model's layer {name!r} "

@@ -74,6 +74,9 @@ def top_activations(sae: SAE, model: nn.Module, data: Any, *, n: int = 9, region
         layer, batch_size, device, check_model: as in :func:`workbench.sae.latents`.
     """
     check_call(model, data, batch_size)
+    from workbench._checks import check_int
+
+    check_int(n, "n")
     b = bind(sae, model, layer=layer, device=device, check_model=check_model, probe=first_images(data))
     grid = b.layout.grid
     vals = torch.full((sae.d_sae, 0), -1.0)

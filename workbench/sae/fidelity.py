@@ -103,6 +103,9 @@ def fidelity(sae: SAE, model: nn.Module, data: Any, *, layer: str | int | None =
     from workbench._train_data import as_source, task_of
 
     check_call(model, data, batch_size, labels=True)
+    from workbench._checks import check_int
+
+    check_int(bootstrap, "bootstrap", minimum=0)
     task = task_of(as_source(data))
     b = bind(sae, model, layer=layer, device=device, check_model=check_model, probe=first_images(data))
     d, n_tok, n_img = sae.d, 0, 0

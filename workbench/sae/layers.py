@@ -38,7 +38,9 @@ def layer_names(model: nn.Module) -> list[str]:
         >>> layer_names(timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2))
         ['blocks.0', 'blocks.1', 'norm']
     """
-    names = [n for n, _ in model.named_modules()]
+    from workbench._checks import check_model
+
+    names = [n for n, _ in check_model(model).named_modules()]
     out = []
     for seq in ("blocks", "stages", "layers", "features"):
         if isinstance(getattr(model, seq, None), nn.Sequential):

@@ -96,7 +96,7 @@ def cache(model: nn.Module, data: Any, *, layer: str | int, out: str | os.PathLi
         ValueError: an unknown layer (the valid ones are listed), an empty dataset, non-finite
             activations, or an ``out`` folder holding another model's, layer's or dataset's store.
     """
-    from workbench._checks import check_dataset, check_int, check_model, check_output_path
+    from workbench._checks import check_dataset, check_images, check_int, check_model, check_output_path
 
     check_model(model)
     data = _as_dataset(check_dataset(data))
@@ -107,7 +107,8 @@ def cache(model: nn.Module, data: Any, *, layer: str | int, out: str | os.PathLi
     name = resolve_layer(model, layer)
     dev = jobs.rank_device(device) if device is not None else None
     run, dev = model_on(model, dev)
-    layout = infer_layout(run, forward_to(run, _first_image(data).to(dev), name), tokens)
+    first = check_images(_first_image(data), model, name="the images", value_range=None)  # before the probe
+    layout = infer_layout(run, forward_to(run, first.to(dev), name), tokens)
     per_image_bytes = layout.per_image * layout.d * 2
     if shard_size is None:
         shard_size = max(1, min(len(data), int(shard_mb * 2**20 // per_image_bytes)))
@@ -333,14 +334,15 @@ def activations(model: nn.Module, data: Any, *, layer: str | int, tokens: str = 
     """
     from workbench._train_data import BatchSource
 
-    from workbench._checks import check_dataset, check_int, check_model
+    from workbench._checks import check_dataset, check_images, check_int, check_model
 
     check_model(model)
     data = _as_dataset(check_dataset(data))
     check_int(batch_size, "batch_size")
     name = resolve_layer(model, layer)
     run, dev = model_on(model, device)
-    layout = infer_layout(run, forward_to(run, _first_image(data).to(dev), name), tokens)
+    first = check_images(_first_image(data), model, name="the images", value_range=None)  # before the probe
+    layout = infer_layout(run, forward_to(run, first.to(dev), name), tokens)
     out = []
     for b in BatchSource(data, batch_size, dev, keep_on_device=False)(shuffle=False):
         out.append(layout.select(forward_to(run, b["image"], name)).float().cpu())

@@ -34,6 +34,9 @@ def _axes(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
 def sae_training(log: Any, ax: Any = None, **style: Any) -> Any:
     """FVU (left axis), L0 and dead fraction (right axes) over training tokens of a ``TrainLog``."""
     rows = list(getattr(log, "rows", log))
+    if not all(isinstance(r, dict) and "tokens" in r and "fvu" in r for r in rows):
+        raise TypeError(f"log must be the TrainLog of workbench.sae.train (sae, log = train(...)); got "
+                        f"{type(log).__name__}.")
     if not rows:
         raise ValueError("the training log has no rows; train for at least log_every steps.")
     fig, ax = _axes(ax, (4.2, 2.8))
@@ -122,6 +125,12 @@ def latent_heatmap(image: Any, heatmap: Any, ax: Any = None, *, masks: Mapping[s
     return fig
 
 
+def _expect(obj: Any, attrs: tuple[str, ...], what: str) -> None:
+    """Boundary check of the figure functions: ``obj`` is the result they draw (``what`` names its maker)."""
+    if not all(hasattr(obj, a) for a in attrs):
+        raise TypeError(f"expected {what}; got {type(obj).__name__}.")
+
+
 @styled
 def latent_grid(top: Any, latent: int, data: Any, *, sae: Any = None, model: Any = None, n: int | None = None,
                 structures: Sequence[str] | None = None, crop: int = 3, check_model: bool = True) -> Any:
@@ -141,6 +150,10 @@ def latent_grid(top: Any, latent: int, data: Any, *, sae: Any = None, model: Any
 
     from .overlays import draw_contours
 
+    from workbench._checks import check_index
+
+    _expect(top, ("of", "values", "grid"), "a TopActivations (workbench.sae.top_activations)")
+    check_index(latent, int(top.values.shape[0]), name="latent", what="latents of the SAE")
     items = top.of(int(latent))[: n or None]
     if not items:
         raise ValueError(f"latent {latent} never fires on this data; pick a latent with frequency > 0.")
@@ -179,6 +192,7 @@ def latent_grid(top: Any, latent: int, data: Any, *, sae: Any = None, model: Any
 @styled
 def atlas_bars(atlas: Any, ax: Any = None, *, metric: str = "auroc") -> Any:
     """The best latent's pixel AUROC (or AP) per structure, bars labelled with the latent."""
+    _expect(atlas, ("best_per_structure", "structures"), "an Atlas (workbench.sae.atlas)")
     best = atlas.best_per_structure()
     if metric not in ("auroc", "ap"):
         raise ValueError(f"metric must be 'auroc' or 'ap'; got {metric!r}.")
@@ -203,6 +217,7 @@ def atlas_bars(atlas: Any, ax: Any = None, *, metric: str = "auroc") -> Any:
 @styled
 def atlas_matrix(atlas: Any, ax: Any = None, *, latents: Sequence[int] | None = None) -> Any:
     """Mass share of chosen latents (default: each structure's best) in every structure."""
+    _expect(atlas, ("best_per_structure", "structures", "mass"), "an Atlas (workbench.sae.atlas)")
     lat = list(latents) if latents is not None else list(dict.fromkeys(int(v) for v in atlas.best_per_structure()["latent"]))
     cols = list(atlas.structures) + ["none"]
     m = atlas.mass[lat].numpy()
@@ -220,6 +235,7 @@ def atlas_matrix(atlas: Any, ax: Any = None, *, latents: Sequence[int] | None = 
 def class_latent_bars(cl: Any, c: int | str = -1, k: int = 10, ax: Any = None) -> Any:
     """Mammo-SAE's mean-activation ranking next to the class-contrastive one for class ``c``: per
     rank, each ranking's latent density (share of images it fires on) and contrast (Cohen's d)."""
+    _expect(cl, ("table",), "a ClassLatents (workbench.sae.class_latents)")
     t = cl.table(k, classes=[c])
     fig, ax = _axes(ax, (4.5, 2.8))
     col = colours(2)
@@ -238,6 +254,7 @@ def class_latent_bars(cl: Any, c: int | str = -1, k: int = 10, ax: Any = None) -
 def intervention_curves(iv: Any, ax: Any = None) -> Any:
     """AUROC over k with only the top-k class latents kept, or switched off, with bootstrap CIs, the
     random-latent baseline (mean and 2.5-97.5 % band), the model and the full splice."""
+    _expect(iv, ("table",), "an Intervention (workbench.sae.intervene)")
     t = iv.table
     fig, ax = _axes(ax, (4.2, 2.8))
     col = colours(3)
