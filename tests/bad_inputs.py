@@ -800,6 +800,12 @@ case("attribution.baseline_like", "baseline='noise'", lambda c: importlib.import
 case("attribution.default_cam_layer", "model without convolutions",
      lambda c: importlib.import_module("workbench.attribution").default_cam_layer(torch.nn.Linear(2, 2), (32, 32)),
      r"layer|conv")
+case("attribution.baseline_set", "n=0", lambda c: importlib.import_module("workbench.attribution").baseline_set(
+    c.ds, n=0), r"\bn\b")
+case("attribution.baseline_set", "images 0-255", lambda c: importlib.import_module("workbench.attribution").baseline_set(
+    c.xs("x255"), n=2), r"255")
+case("attribution.baseline_set", "a list", lambda c: importlib.import_module("workbench.attribution").baseline_set(
+    [c.x[0]], n=2), r"dataset|tensor")
 case("attribution.slic_segments", "n_segments=0", lambda c: importlib.import_module(
     "workbench.attribution").slic_segments(c.x, n_segments=0), r"n_segments")
 
@@ -882,6 +888,22 @@ case("sae.intervene", "unknown mode", lambda c: _sae().intervene(c.sae.sae, c.vi
 case("sae.compare_models", "a CNN beside the ViT",
      lambda c: _sae().compare_models(c.sae.sae, c.vit, c.cnn, c.ds), r"architecture|layer|model")
 case("sae.layer_names", "not a model", lambda c: _sae().layer_names("vit_tiny"), r"model|Module")
+case("widgets.latent_browser", "not an SAE", lambda c: importlib.import_module("workbench.widgets").latent_browser(
+    c.cnn, c.vit, c.ds), r"SAE")
+case("widgets.latent_browser", "not a dataset", lambda c: importlib.import_module("workbench.widgets").latent_browser(
+    c.sae.sae, c.vit, c.x), r"dataset")
+case("cli.sae", "cache: unwritable --out", lambda c: c.cli(
+    "sae", "cache", "--checkpoint", str(c.ckpt), "--data", _npz(c), "--layer", "layer1", "--out", str(c.unwritable),
+    "--no-progress"), r"writ|folder|director")
+case("cli.sae", "cache: unknown --layer", lambda c: c.cli(
+    "sae", "cache", "--checkpoint", str(c.ckpt), "--data", _npz(c), "--layer", "layer9", "--out", str(c.tmp / "sc"),
+    "--no-progress"), r"layer9")
+case("cli.sae", "train: missing --store", lambda c: c.cli(
+    "sae", "train", "--store", str(c.tmp / "no_store"), "--out", str(c.tmp / "st" / "sae"), "--no-progress"),
+     r"no_store|finished")
+case("cli.sae", "train: --device cuda without a GPU", lambda c: c.cli(
+    "sae", "train", "--store", str(c.tmp / "no_store"), "--out", str(c.tmp / "st2" / "sae"), "--device", "cuda",
+    "--no-progress"), r"cuda|gpu")
 case("viz.sae_training", "not a TrainLog", lambda c: _viz().sae_training([1.0, 2.0]), r"TrainLog|log")
 case("viz.latent_heatmap", "heatmap of another batch size",
      lambda c: _viz().latent_heatmap(c.x[0], torch.rand(3, 4, 4)), r"heatmap|shape")

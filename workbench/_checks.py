@@ -394,14 +394,19 @@ def is_pair(data: Any) -> bool:
         isinstance(first, (list, tuple)) and len(first) > 0 and torch.is_tensor(first[0]))
 
 
-def check_dataset(data: Any, *, name: str = "data", nonempty: bool = True) -> Any:
-    """A dataset (``len`` and indexing) or an ``(images, labels)`` pair of tensors; not empty.
+def check_dataset(data: Any, *, name: str = "data", nonempty: bool = True, tensors: bool = True) -> Any:
+    """A dataset (``len`` and indexing) or, when ``tensors``, an ``(images, labels)`` pair or an
+    images tensor; not empty (when ``nonempty``).
 
     Raises:
         TypeError: a plain list of samples or anything without ``len``/indexing.
         ValueError: no samples.
     """
     pair = is_pair(data)
+    if not tensors and (pair or torch.is_tensor(data)):
+        raise TypeError(f"{name} must be a workbench dataset (workbench.data.load(...)) whose samples carry 'image' "
+                        "(and 'masks'), not tensors; wrap images as workbench.data.ArrayDataset(images, labels, "
+                        "classes=..., task=..., masks=...).")
     if isinstance(data, (str, bytes, os.PathLike)):
         raise TypeError(f"{name} is a {type(data).__name__} ({str(data)[:60]!r}); pass a dataset (e.g. "
                         f"workbench.data.load({str(data)[:40]!r})) or an (images, labels) pair of tensors.")

@@ -82,6 +82,9 @@ def baseline_set(data: Any, n: int = 32, *, seed: int = 0, name: str | None = No
                         f"{type(data).__name__}.")
     if imgs.dtype == torch.uint8:
         imgs = imgs.float() / 255.0
+    from workbench._checks import check_images
+
+    check_images(imgs, name="the reference images")  # finite, [0, 1] (0-255 hint), (N, C, H, W)
     return BaselineSet(imgs.float().contiguous(), name or getattr(data, "name", "") or "reference set")
 
 

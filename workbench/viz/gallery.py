@@ -4,9 +4,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
-from .._checks import check_index
+from .._checks import check_dataset, check_index
 from ._style import figsize as _figsize, rc, structure_colours, styled
 
 #: Outlined by default when present: organs, findings and distractors (not body or bones,
@@ -51,10 +50,7 @@ def gallery(dataset: Any, n: int = 8, *, ncols: int = 4, structures: Sequence[st
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    if torch.is_tensor(dataset) or not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
-        raise TypeError(f"dataset must be a workbench dataset (workbench.data.load(...)); got "
-                        f"{type(dataset).__name__}. To draw images of a batch, wrap them: "
-                        "workbench.data.ArrayDataset(images, labels, classes=..., task=...).")
+    check_dataset(dataset, name="dataset", nonempty=False, tensors=False)
     if indices is None:
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int; got {n!r}.")

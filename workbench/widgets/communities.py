@@ -46,9 +46,9 @@ class Explorer(ExportView, widgets.VBox):
                  export_path: str = "figures/explorer", cache_size: int = 256) -> None:
         from workbench.communities import METHODS
 
-        if torch.is_tensor(dataset) or not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
-            raise TypeError(f"dataset must be a workbench dataset (workbench.data.load(...)) whose samples carry "
-                            f"'image' and 'masks'; got {type(dataset).__name__}.")
+        from workbench._checks import check_dataset
+
+        check_dataset(dataset, name="dataset", tensors=False)
         self.model, self.dataset = model, dataset
         self.indices = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
         if not self.indices:

@@ -52,6 +52,9 @@ class LatentBrowser(ExportView, widgets.VBox):
         from workbench.sae import atlas as make_atlas
         from workbench.sae import latents
 
+        from workbench._checks import check_dataset
+
+        check_dataset(dataset, name="dataset", tensors=False)
         self.sae, self.model = sae, model
         self.indices = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
         if not self.indices:
