@@ -77,6 +77,7 @@ EXEMPT = {
     "attribution.default_window": "a default lookup for occlusion",
     "train.class_weights": "internal step of fit (covered by fit's class_weights case)",
     "sae.register_kind": "a decorator for developers",
+    "pruning.register_criterion": "a decorator for developers",
     "jobs.distributed": "reads torchrun's environment; no user data",
     "jobs.barrier": "a torch.distributed collective; no user data",
     "jobs.broadcast": "a torch.distributed collective of any picklable object",
@@ -914,6 +915,55 @@ case("viz.atlas_matrix", "not an Atlas", lambda c: _viz().atlas_matrix([1, 2]), 
 case("viz.class_latent_bars", "not ClassLatents", lambda c: _viz().class_latent_bars({"a": 1}), r"ClassLatents")
 case("viz.intervention_curves", "not an Intervention", lambda c: _viz().intervention_curves({"a": 1}),
      r"Intervention")
+
+# ------------------------------------------------------------------ pruning (owner: prune)
+def _pr() -> Any:
+    return importlib.import_module("workbench.pruning")
+
+
+def _scores(c: Ctx, **kw: Any) -> Any:
+    return _pr().scores(c.vit, (c.x, c.y), **{"unit": "mlp", "progress": False, **kw})
+
+
+case("pruning.scores", "images 0-255", lambda c: _pr().scores(c.vit, (c.xs("x255"), c.y), unit="mlp", progress=False),
+     r"255")
+case("pruning.scores", "images 3 channels", lambda c: _pr().scores(c.vit, (c.xs("chans3"), c.y), unit="mlp",
+                                                                   progress=False), r"channel")
+case("pruning.scores", "unknown criterion", lambda c: _scores(c, criterion="magic"), r"magic")
+case("pruning.scores", "unit='channels' on a ViT", lambda c: _scores(c, unit="channels"), r"channels|unit")
+case("pruning.scores", "batch_size=0", lambda c: _scores(c, batch_size=0), r"batch_size")
+case("pruning.scores", "where='around'", lambda c: _scores(c, where="around"), r"where")
+case("pruning.scores", "empty data", lambda c: _pr().scores(c.vit, (c.x[:0], c.y[:0]), unit="mlp", progress=False),
+     r"empty")
+case("pruning.prune", "ratio=1.5", lambda c: _pr().prune(c.vit, _scores(c), ratio=1.5), r"ratio")
+case("pruning.prune", "not Scores", lambda c: _pr().prune(c.vit, {"blocks.0": torch.rand(4)}, ratio=0.5), r"Scores")
+case("pruning.prune", "scope='model'", lambda c: _pr().prune(c.vit, _scores(c), ratio=0.5, scope="model"), r"scope")
+case("pruning.prune", "scores of another model", lambda c: _pr().prune(c.cnn, _scores(c), ratio=0.5),
+     r"model|layer|unit")
+case("pruning.find_units", "unknown unit", lambda c: _pr().find_units(c.vit, "neurons"), r"neurons|unit")
+case("pruning.kinds_of", "not a model", lambda c: _pr().kinds_of("vit"), r"model|Module")
+case("pruning.size", "example of another size", lambda c: _pr().size(c.vit, torch.rand(1, 1, 48, 48)), r"32")
+case("pruning.latency", "repeats=0", lambda c: _pr().latency({"a": c.vit}, c.x[:1], repeats=0), r"repeats")
+case("pruning.report", "images 0-255", lambda c: _pr().report(c.vit, c.vit, (c.xs("x255"), c.y), masks=False,
+                                                              n_explain=2, repeats=1, bootstrap=0), r"255")
+case("pruning.report", "bootstrap=-1", lambda c: _pr().report(c.vit, c.vit, c.ds, n_explain=2, repeats=1,
+                                                              bootstrap=-1), r"bootstrap")
+case("pruning.audit_gap", "unknown meta key", lambda c: _pr().audit_gap(c.cnn, c.ds, by="scanner"), r"scanner")
+case("pruning.sweep", "ratio 1.2", lambda c: _pr().sweep(c.vit, (c.x, c.y), (c.x, c.y), ratios=(0.5, 1.2),
+                                                          criteria=("random",), progress=False), r"ratio")
+case("pruning.sweep", "epochs=-1", lambda c: _pr().sweep(c.vit, (c.x, c.y), (c.x, c.y), epochs=-1,
+                                                         criteria=("random",), progress=False), r"epochs")
+case("pruning.curve_area", "lengths differ", lambda c: _pr().curve_area([0.1, 0.5], [1.0]), r"length|ratios|values")
+case("viz.score_profile", "not Scores", lambda c: _viz().score_profile({"a": 1}), r"Scores")
+case("viz.sweep_curves", "not a SweepResult", lambda c: _viz().sweep_curves([1, 2]), r"SweepResult|sweep")
+case("viz.report_figure", "not a PruneReport", lambda c: _viz().report_figure({"a": 1}), r"PruneReport|report")
+case("widgets.pruner", "test set without labels", lambda c: importlib.import_module("workbench.widgets").pruner(
+    c.vit, c.ds, c.x), r"dataset|labels")
+case("cli.prune", "--ratio 1.5", lambda c: c.cli("prune", "--checkpoint", str(c.ckpt), "--data", _npz(c), "--out",
+                                                 str(c.tmp / "p1"), "--ratio", "1.5"), r"ratio")
+case("cli.prune", "unwritable --out", lambda c: c.cli("prune", "--checkpoint", str(c.ckpt), "--data", _npz(c),
+                                                      "--out", str(c.unwritable)), r"writ|folder|director")
+
 
 # ------------------------------------------------------------------ CheXmask and dataset info (owner: data)
 case("data.attach_chexmask", "missing csv", lambda c: _data().attach_chexmask(c.ds, c.tmp / "no.csv"), r"no\.csv")

@@ -198,3 +198,30 @@ def test_common_arguments():
         C.check_callable("flip", "augment")
     with pytest.raises(TypeError, match="torch.nn.Module"):
         C.check_model("resnet18")
+
+
+def test_data_checks_images_as_the_model_sees_them(cnn):
+    x, y = torch.rand(4, 1, 32, 32), torch.tensor([0, 1, 0, 1])
+    images, labels = C.check_data((x, y.float()), cnn)
+    assert images is x and labels.dtype == torch.long
+    with pytest.raises(ValueError, match="data images range from .* 0-255"):
+        C.check_data((x * 255, y), cnn)
+    ds = wb.data.ArrayDataset(x.repeat(1, 3, 1, 1), y, classes=("a", "b"), task="binary")
+    with pytest.raises(ValueError, match=r"train images have 3 channel\(s\)"):
+        C.check_data(ds, cnn, name="train")
+    standardised = wb.data.ArrayDataset((x - 0.5) / 0.25, y, classes=("a", "b"), task="binary")
+    with pytest.raises(ValueError, match="look standardised"):
+        C.check_data(standardised, cnn)
+
+
+def test_result_check():
+    class Atlas:
+        structures = ()
+
+        def best_per_structure(self):
+            return None
+
+    a = Atlas()
+    assert C.check_result(a, ("best_per_structure", "structures"), "an Atlas (workbench.sae.atlas)") is a
+    with pytest.raises(TypeError, match=r"expected an Atlas \(workbench.sae.atlas\); got dict"):
+        C.check_result({}, ("best_per_structure",), "an Atlas (workbench.sae.atlas)")

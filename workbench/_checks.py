@@ -21,6 +21,7 @@ The API below is stable; each function returns its (converted) input so a verb c
                                         fractions, range against ``num_outputs``
 ``check_outputs(num_outputs, ...)``     the model's outputs against the data's classes
 ``check_dataset(data)``                 a dataset or an ``(images, labels)`` pair, not empty
+``check_data(data, model)``             the same, plus the images as ``model`` will see them
 ``check_masks(masks, like=images)``     dict / batch dict / tensor of (B, H, W) masks of the
                                         images' size and batch; optionally not all empty
 ``check_output_path(path)``             writable (probed) before work starts
@@ -28,8 +29,8 @@ The API below is stable; each function returns its (converted) input so a verb c
                                         GPU raises)
 ``check_model(model)``                  a ``torch.nn.Module``
 ``check_int``, ``check_number``,        common arguments: positive ints, numbers in a range,
-``check_choice``, ``check_index``,      one of a set, an index into a batch, a callable
-``check_callable``
+``check_choice``, ``check_index``,      one of a set, an index into a batch, a callable,
+``check_callable``, ``check_result``    a result object of the expected kind
 ======================================  ===================================================
 
 Images: the documented input is float in [0, 1]. Interpolation and augmentation may stray a hair
@@ -82,9 +83,9 @@ from torch import nn
 from workbench._device import resolve_device
 
 __all__ = ["RANGE_TOLERANCE", "InputSpec", "model_input", "check_images", "check_range", "check_stored_images",
-           "check_labels", "check_class_indices", "check_outputs", "check_dataset", "is_pair", "check_masks",
+           "check_labels", "check_class_indices", "check_outputs", "check_dataset", "check_data", "is_pair", "check_masks",
            "check_output_path", "check_device", "check_model", "check_int", "check_number", "check_choice",
-           "check_index", "check_callable"]
+           "check_index", "check_callable", "check_result"]
 
 RANGE_TOLERANCE = 0.1
 _UNSET: Any = object()
@@ -424,6 +425,41 @@ def check_dataset(data: Any, *, name: str = "data", nonempty: bool = True, tenso
     return data
 
 
+def check_data(data: Any, model: nn.Module, *, name: str = "data") -> Any:
+    """The data of a verb that runs ``model`` on it (fit, evaluate, predict, pruning scores, SAE and
+    explain jobs): :func:`check_dataset`, then the images as the model will see them.
+
+    An images tensor or an ``(images, labels)`` pair is checked whole (:func:`check_images`,
+    :func:`check_labels`) and returned with converted labels; a dataset's stored float images are
+    checked for NaN/inf and range in one pass (uint8 storage always fits), and (without a
+    transform) its first sample for channels, size and range. Verbs should also check the first
+    batch they feed the model (``check_images(batch["image"], model, value_range=None)``): that is
+    the image after the dataset's transform and any augmentation.
+
+    Returns:
+        ``data``, or for tensors the checked ``images`` / ``(images, labels)``.
+    """
+    from workbench._train_data import TensorSource
+
+    if isinstance(data, TensorSource):  # already an adapter made from checked tensors
+        return data
+    check_dataset(data, name=name)
+    if torch.is_tensor(data) or isinstance(data, np.ndarray):
+        return check_images(data, model, name=f"{name} images", single=False)
+    if is_pair(data):
+        images = check_images(data[0], model, name=f"{name} images", single=False)
+        labels = check_labels(data[1], n=len(images), name=f"{name} labels")
+        return images, labels
+    stored = getattr(data, "images", None)
+    if torch.is_tensor(stored) and stored.is_floating_point():
+        check_range(stored, model_input(model).value_range, name=f"{name} images")
+    if getattr(data, "transform", None) is None and len(data):
+        first = data[0]
+        if isinstance(first, Mapping) and torch.is_tensor(first.get("image")):
+            check_images(first["image"], model, name=f"{name} images", allow_uint8=True)
+    return data
+
+
 def _mask_dict(masks: Any, name: str) -> dict[str, Any]:
     if isinstance(masks, Mapping) and "masks" in masks and isinstance(masks["masks"], Mapping):
         masks = masks["masks"]
@@ -593,6 +629,14 @@ def check_index(index: Any, n: int, *, name: str = "index", what: str = "images"
     if not -n <= i < n:
         raise ValueError(f"{name}={i} is out of range for {n} {what}; pass 0..{n - 1} (or -{n}..-1).")
     return i % n
+
+
+def check_result(obj: Any, attrs: Sequence[str], what: str) -> Any:
+    """A result object a function draws or reads (duck-typed by ``attrs``); ``what`` names it and its
+    maker, e.g. ``"an Atlas (workbench.sae.atlas)"``. Raises TypeError otherwise."""
+    if not all(hasattr(obj, a) for a in attrs):
+        raise TypeError(f"expected {what}; got {type(obj).__name__}.")
+    return obj
 
 
 def check_callable(value: Any, name: str, example: str = "") -> Callable:

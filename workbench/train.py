@@ -245,7 +245,7 @@ def fit(model: torch.nn.Module, train: Any, val: Any = None, *, epochs: int = 10
                          f"val data; got early_stopping={early_stopping!r}, val={'given' if val is not None else None}.")
     dist = distributed()
     dev = rank_device(device)
-    train = as_source(_checked_data(train, model, "train"))
+    train = as_source(ck.check_data(train, model, name="train"))
     task = task_of(train)
     guide = make_guide(train, guide_masks, guide_weight, task) if guide_masks is not None else None
     use_amp = (dev.type == "cuda") if amp == "auto" else bool(amp)
@@ -257,7 +257,7 @@ def fit(model: torch.nn.Module, train: Any, val: Any = None, *, epochs: int = 10
     _check_against_model(train, task, num_logits, "train")
     val_src = None
     if val is not None:
-        val = as_source(_checked_data(val, model, "val"), task, num_logits)
+        val = as_source(ck.check_data(val, model, name="val"), task, num_logits)
         _check_against_model(val, task, num_logits, "val")
         val_src = BatchSource(val, max(batch_size, 256), dev, resolve_workers(num_workers))
     weights = _resolve_weights(class_weights, train, task, num_logits, dev)
@@ -353,31 +353,6 @@ def fit(model: torch.nn.Module, train: Any, val: Any = None, *, epochs: int = 10
     return History(rows=tuple(rows), best_epoch=best_epoch, stopped_early=stopped, restored_best=restored)
 
 
-def _checked_data(data: Any, model: torch.nn.Module, name: str) -> Any:
-    """The boundary checks of fit / evaluate / predict on their data (workbench._checks).
-
-    A pair's images and labels are checked whole; a dataset's stored float images are checked
-    for range and NaN/inf in one pass (uint8 storage always fits), and (without a transform) its
-    first sample for channels, size and range. The first batch of every pass is checked again for
-    channels and size as the model sees it (after transforms and ``augment``).
-    """
-    ck.check_dataset(data, name=name)
-    if torch.is_tensor(data):
-        return ck.check_images(data, model, name=f"{name} images", single=False)
-    if ck.is_pair(data):
-        images = ck.check_images(data[0], model, name=f"{name} images", single=False)
-        labels = ck.check_labels(data[1], n=len(images), name=f"{name} labels")
-        return images, labels
-    stored = getattr(data, "images", None)
-    if torch.is_tensor(stored) and stored.is_floating_point():
-        ck.check_range(stored, ck.model_input(model).value_range, name=f"{name} images")
-    if getattr(data, "transform", None) is None:
-        first = data[0]
-        if isinstance(first, dict) and torch.is_tensor(first.get("image")):
-            ck.check_images(first["image"], model, name=f"{name} images", allow_uint8=True)
-    return data
-
-
 def _check_against_model(data: Any, task: str, num_logits: int, name: str) -> None:
     """Labels in the model's range and, for datasets, as many outputs as classes."""
     classes = getattr(data, "classes", ())
@@ -471,7 +446,7 @@ def predict(model: torch.nn.Module, data_or_images: Any, *, batch_size: int = 25
     """
     ck.check_model(model)
     ck.check_int(batch_size, "batch_size")
-    src_data = as_source(_checked_data(data_or_images, model, "data"), task)
+    src_data = as_source(ck.check_data(data_or_images, model), task)
     t = task or task_of(src_data)
     with _OnDevice(model, device) as dev:
         src = BatchSource(src_data, batch_size, dev, resolve_workers(num_workers), keep_on_device=False)
@@ -507,7 +482,7 @@ def evaluate(model: torch.nn.Module, data: Any, *, batch_size: int = 256, device
     ck.check_int(batch_size, "batch_size")
     ck.check_int(bootstrap, "bootstrap", minimum=0)
     ck.check_number(ci, "ci", low=0, high=1, low_open=True, high_open=True)
-    src_data = as_source(_checked_data(data, model, "data"))
+    src_data = as_source(ck.check_data(data, model))
     task = task_of(src_data)
     with _OnDevice(model, device) as dev:
         src = BatchSource(src_data, batch_size, dev, resolve_workers(num_workers), keep_on_device=False)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_choice, check_dataset, check_device, check_int, check_model
+from .._checks import check_choice, check_data, check_device, check_int, check_model
 from .._device import model_on
 from ._units import UNITS, Probe, UnitSet, require_units
 from .criteria import CRITERIA
@@ -284,7 +284,7 @@ def scores(model: nn.Module, data: Any, unit: str = "mlp", criterion: str = "gra
     check_choice(where, "where", WHERE)
     check_int(batch_size, "batch_size")
     if data is not None and crit.needs_data:
-        check_dataset(data, name="the calibration set")
+        data = check_data(data, model, name="the calibration set")  # images as the model will see them
     run, dev = model_on(model, None if device is None else check_device(device))
     if crit.per_image and any(getattr(m, "inplace", False) for m in run.modules()):
         run = copy.deepcopy(run)  # in-place activations (ResNet's ReLU) overwrite the recorded layer outputs

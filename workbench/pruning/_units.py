@@ -187,6 +187,9 @@ def example_input(model: nn.Module, example_inputs: torch.Tensor | None = None) 
 
 def kinds_of(model: nn.Module, example_inputs: torch.Tensor | None = None) -> list[str]:
     """The unit kinds ``model`` has (e.g. ``["mlp", "heads"]`` for a ViT, ``["channels"]`` for a ResNet)."""
+    from workbench._checks import check_model
+
+    check_model(model)
     kinds = []
     for k in UNITS:
         try:

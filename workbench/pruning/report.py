@@ -24,6 +24,10 @@ def size(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     """``{"params": ..., "macs": ...}`` of ``model`` on one ``example`` image (Torch-Pruning's counter)."""
     import torch_pruning as tp
 
+    from workbench._checks import check_images, check_model
+
+    check_model(model)
+    example = check_images(example, model, name="example")
     was = model.training
     model.eval()
     try:
@@ -36,6 +40,12 @@ def size(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
 def latency(models: Mapping[str, nn.Module], images: torch.Tensor, *, repeats: int = 5, warmup: int = 1) -> dict[str, float]:
     """Median milliseconds of one forward of ``images`` per model; the models run in turn in each of
     ``repeats`` rounds (interleaved, so a slow stretch of a shared machine hits all of them)."""
+    from workbench._checks import check_images, check_int
+
+    check_int(repeats, "repeats")
+    check_int(warmup, "warmup", minimum=0)
+    for m in models.values():
+        check_images(images, m)
     times: dict[str, list[float]] = {k: [] for k in models}
     modes = {k: m.training for k, m in models.items()}
     try:
@@ -162,7 +172,7 @@ def report(original: nn.Module, pruned: nn.Module, data: Any, *, masks: bool = T
     """
     import pandas as pd
 
-    from workbench._checks import check_dataset, check_int, check_model
+    from workbench._checks import check_data, check_int, check_model
     from workbench._device import model_device
     from workbench._train_data import as_source, task_of
     from workbench.evaluation.localisation import pointing_game, structure_budget
@@ -171,7 +181,8 @@ def report(original: nn.Module, pruned: nn.Module, data: Any, *, masks: bool = T
 
     check_model(original, "original")
     check_model(pruned, "pruned")
-    check_dataset(data)
+    data = check_data(data, original)
+    check_int(bootstrap, "bootstrap", minimum=0)
     n_explain = check_int(n_explain, "n_explain", minimum=0)
     repeats = check_int(repeats, "repeats")
     src = as_source(data)

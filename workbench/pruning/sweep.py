@@ -53,6 +53,8 @@ def curve_area(ratios: Sequence[float], values: Sequence[float]) -> float:
         1.0
     """
     r, v = np.asarray(ratios, float), np.asarray(values, float)
+    if r.shape != v.shape or r.ndim != 1:
+        raise ValueError(f"ratios and values need one value per ratio; got lengths {r.shape} and {v.shape}.")
     o = np.argsort(r)
     r, v = r[o], v[o]
     if len(r) < 2 or r[-1] == r[0]:

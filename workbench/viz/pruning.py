@@ -5,6 +5,7 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import check_result
 from ._style import colours, figsize as _figsize, rc, styled
 from .evaluation import _axes
 
@@ -14,6 +15,7 @@ def score_profile(scores: Any, ax: Any = None, *, normalise: bool = True, **styl
     """Each layer's unit scores sorted from high to low (x: unit rank as a fraction of the layer,
     y: score divided by the layer's mean when ``normalise``); one line per layer, early layers
     light, late layers dark."""
+    check_result(scores, ("values", "criterion", "unit"), "Scores (workbench.pruning.scores)")
     fig, ax = _axes(ax, (4.5, 3.2))
     keys = list(scores.values)
     cmap = __import__("matplotlib").colormaps["viridis"]
@@ -35,6 +37,7 @@ def score_profile(scores: Any, ax: Any = None, *, normalise: bool = True, **styl
 def sweep_curves(result: Any, ax: Any = None, *, metric: str = "auc", **style: Any) -> Any:
     """``metric`` against pruning ratio: one colour per criterion, solid without and dashed with
     fine-tuning; the dense model at ratio 0; the legend gives each curve's area."""
+    check_result(result, ("table", "area", "dense"), "a SweepResult (workbench.pruning.sweep)")
     fig, ax = _axes(ax, (4.8, 3.4))
     t = result.table
     crits = [c for c in dict.fromkeys(t["criterion"]) if c != "dense"]
@@ -60,6 +63,8 @@ def report_figure(report: Any, *, figsize: tuple[float, float] | None = None) ->
     """Three panels: size and latency ratios, per-class AUC before/after, relevance share per
     structure before/after."""
     import matplotlib.pyplot as plt
+
+    check_result(report, ("summary",), "a PruneReport (workbench.pruning.report)")
 
     with rc():
         fig, axes = plt.subplots(1, 3, figsize=figsize or _figsize(12, 3.4))

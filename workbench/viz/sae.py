@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from .._checks import check_result
 from ._style import colours, figsize as _figsize, rc, structure_colours, styled
 
 __all__ = ["sae_training", "latent_rgb", "latent_heatmap", "latent_grid", "atlas_bars", "atlas_matrix",
@@ -125,12 +126,6 @@ def latent_heatmap(image: Any, heatmap: Any, ax: Any = None, *, masks: Mapping[s
     return fig
 
 
-def _expect(obj: Any, attrs: tuple[str, ...], what: str) -> None:
-    """Boundary check of the figure functions: ``obj`` is the result they draw (``what`` names its maker)."""
-    if not all(hasattr(obj, a) for a in attrs):
-        raise TypeError(f"expected {what}; got {type(obj).__name__}.")
-
-
 @styled
 def latent_grid(top: Any, latent: int, data: Any, *, sae: Any = None, model: Any = None, n: int | None = None,
                 structures: Sequence[str] | None = None, crop: int = 3, check_model: bool = True) -> Any:
@@ -152,7 +147,7 @@ def latent_grid(top: Any, latent: int, data: Any, *, sae: Any = None, model: Any
 
     from workbench._checks import check_index
 
-    _expect(top, ("of", "values", "grid"), "a TopActivations (workbench.sae.top_activations)")
+    check_result(top, ("of", "values", "grid"), "a TopActivations (workbench.sae.top_activations)")
     check_index(latent, int(top.values.shape[0]), name="latent", what="latents of the SAE")
     items = top.of(int(latent))[: n or None]
     if not items:
@@ -192,7 +187,7 @@ def latent_grid(top: Any, latent: int, data: Any, *, sae: Any = None, model: Any
 @styled
 def atlas_bars(atlas: Any, ax: Any = None, *, metric: str = "auroc") -> Any:
     """The best latent's pixel AUROC (or AP) per structure, bars labelled with the latent."""
-    _expect(atlas, ("best_per_structure", "structures"), "an Atlas (workbench.sae.atlas)")
+    check_result(atlas, ("best_per_structure", "structures"), "an Atlas (workbench.sae.atlas)")
     best = atlas.best_per_structure()
     if metric not in ("auroc", "ap"):
         raise ValueError(f"metric must be 'auroc' or 'ap'; got {metric!r}.")
@@ -217,7 +212,7 @@ def atlas_bars(atlas: Any, ax: Any = None, *, metric: str = "auroc") -> Any:
 @styled
 def atlas_matrix(atlas: Any, ax: Any = None, *, latents: Sequence[int] | None = None) -> Any:
     """Mass share of chosen latents (default: each structure's best) in every structure."""
-    _expect(atlas, ("best_per_structure", "structures", "mass"), "an Atlas (workbench.sae.atlas)")
+    check_result(atlas, ("best_per_structure", "structures", "mass"), "an Atlas (workbench.sae.atlas)")
     lat = list(latents) if latents is not None else list(dict.fromkeys(int(v) for v in atlas.best_per_structure()["latent"]))
     cols = list(atlas.structures) + ["none"]
     m = atlas.mass[lat].numpy()
@@ -235,7 +230,7 @@ def atlas_matrix(atlas: Any, ax: Any = None, *, latents: Sequence[int] | None = 
 def class_latent_bars(cl: Any, c: int | str = -1, k: int = 10, ax: Any = None) -> Any:
     """Mammo-SAE's mean-activation ranking next to the class-contrastive one for class ``c``: per
     rank, each ranking's latent density (share of images it fires on) and contrast (Cohen's d)."""
-    _expect(cl, ("table",), "a ClassLatents (workbench.sae.class_latents)")
+    check_result(cl, ("table",), "a ClassLatents (workbench.sae.class_latents)")
     t = cl.table(k, classes=[c])
     fig, ax = _axes(ax, (4.5, 2.8))
     col = colours(2)
@@ -254,7 +249,7 @@ def class_latent_bars(cl: Any, c: int | str = -1, k: int = 10, ax: Any = None) -
 def intervention_curves(iv: Any, ax: Any = None) -> Any:
     """AUROC over k with only the top-k class latents kept, or switched off, with bootstrap CIs, the
     random-latent baseline (mean and 2.5-97.5 % band), the model and the full splice."""
-    _expect(iv, ("table",), "an Intervention (workbench.sae.intervene)")
+    check_result(iv, ("table",), "an Intervention (workbench.sae.intervene)")
     t = iv.table
     fig, ax = _axes(ax, (4.2, 2.8))
     col = colours(3)

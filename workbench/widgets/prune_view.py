@@ -45,6 +45,10 @@ class Pruner(widgets.VBox):
         kinds = kinds_of(model)
         if not kinds:
             raise ValueError(f"{type(model).__name__} has no prunable units (mlp, heads or channels).")
+        from workbench._checks import check_data, check_dataset
+
+        check_dataset(test, name="test", tensors=False)  # its samples give the maps and the AUC
+        check_data(calibration, model, name="calibration")
         self.model, self.calibration, self.test = model, calibration, test
         self.method, self.latency_batch, self.repeats = method, latency_batch, repeats
         have = tuple(getattr(test, "structures", ()) or ())
