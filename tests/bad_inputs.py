@@ -78,6 +78,8 @@ EXEMPT = {
     "train.class_weights": "internal step of fit (covered by fit's class_weights case)",
     "sae.register_kind": "a decorator for developers",
     "pruning.register_criterion": "a decorator for developers",
+    "viz.recipe": "a decorator for developers (registers a figure recipe)",
+    "viz.recipes": "no arguments",
     "jobs.distributed": "reads torchrun's environment; no user data",
     "jobs.barrier": "a torch.distributed collective; no user data",
     "jobs.broadcast": "a torch.distributed collective of any picklable object",
@@ -232,6 +234,15 @@ class Ctx:
 
         acts = wb.sae.activations(self.vit, self.ds, layer="blocks.1")
         return wb.sae.train(acts, "topk", expansion=2, k=4, epochs=1, batch_size=32, progress=False)
+
+    @cached_property
+    def cbm(self) -> Any:
+        """A tiny joint concept bottleneck over the phantom's five findings."""
+        import workbench as wb
+
+        torch.manual_seed(0)
+        return wb.concepts.create("vit_tiny", concepts=list(self.ds.concept_names), num_classes=2, img_size=self.size,
+                                  in_chans=1, patch_size=8, depth=2, embed_dim=32, num_heads=2).eval()
 
     @cached_property
     def history(self) -> Any:
@@ -963,6 +974,77 @@ case("cli.prune", "--ratio 1.5", lambda c: c.cli("prune", "--checkpoint", str(c.
                                                  str(c.tmp / "p1"), "--ratio", "1.5"), r"ratio")
 case("cli.prune", "unwritable --out", lambda c: c.cli("prune", "--checkpoint", str(c.ckpt), "--data", _npz(c),
                                                       "--out", str(c.unwritable)), r"writ|folder|director")
+
+
+# ------------------------------------------------------------------ concept bottlenecks (owner: concepts)
+def _cc() -> Any:
+    return importlib.import_module("workbench.concepts")
+
+
+_NO_CONCEPTS = lambda c: _data().ArrayDataset(c.x, c.y, classes=("a", "b"), task="binary")  # noqa: E731
+case("concepts.create", "unknown mode", lambda c: _cc().create("vit_tiny", ["nodule"], 2, mode="hybrid", img_size=32,
+                                                                in_chans=1, patch_size=8, depth=1), r"mode|hybrid")
+case("concepts.create", "no concepts", lambda c: _cc().create("vit_tiny", [], 2, img_size=32, in_chans=1, patch_size=8,
+                                                               depth=1), r"concept")
+case("concepts.create", "num_classes=0", lambda c: _cc().create("vit_tiny", ["nodule"], 0, img_size=32, in_chans=1,
+                                                                 patch_size=8, depth=1), r"num_classes")
+case("concepts.create", "unknown head", lambda c: _cc().create("vit_tiny", ["nodule"], 2, head="tree", img_size=32,
+                                                                in_chans=1, patch_size=8, depth=1), r"head|tree")
+case("concepts.posthoc", "cavs not CAVs", lambda c: _cc().posthoc(c.vit, {"nodule": torch.rand(32)}, 2), r"CAV")
+case("concepts.from_config", "not a config", lambda c: _cc().from_config({"name": "vit_tiny"}), r"config|concept")
+case("concepts.calibrate_", "not a concept model", lambda c: _cc().calibrate_(c.cnn, c.ds), r"concept")
+case("concepts.predict", "images 0-255", lambda c: _cc().predict(c.cbm, c.xs("x255")), r"255")
+case("concepts.predict", "images 3 channels", lambda c: _cc().predict(c.cbm, c.xs("chans3")), r"channel")
+case("concepts.predict", "not a concept model", lambda c: _cc().predict(c.cnn, c.x), r"concept")
+case("concepts.intervene", "unknown concept", lambda c: _cc().intervene(c.cbm, c.x, {"tumour": 1.0}), r"tumour")
+case("concepts.intervene", "images NaN", lambda c: _cc().intervene(c.cbm, c.xs("nan"), {"nodule": 1.0}), r"nan")
+case("concepts.intervention_curve", "unknown order", lambda c: _cc().intervention_curve(c.cbm, c.ds, order="best"),
+     r"order|best")
+case("concepts.intervention_curve", "bootstrap=-1", lambda c: _cc().intervention_curve(c.cbm, c.ds, bootstrap=-1),
+     r"bootstrap")
+case("concepts.intervention_curve", "data without concepts", lambda c: _cc().intervention_curve(
+    c.cbm, _NO_CONCEPTS(c), bootstrap=0), r"concept")
+case("concepts.concept_maps", "unknown method", lambda c: _cc().concept_maps(c.cbm, c.x, method="magic"), r"magic|method")
+case("concepts.concept_maps", "images 0-255", lambda c: _cc().concept_maps(c.cbm, c.xs("x255")), r"255")
+case("concepts.score_concept_maps", "masks of another size", lambda c: _cc().score_concept_maps(
+    _cc().concept_maps(c.cbm, c.batch["image"]), {"nodule": torch.zeros(4, 64, 64, dtype=torch.bool)}),
+     r"64|size|resize")
+case("concepts.quality", "data without concepts", lambda c: _cc().quality(c.cbm, _NO_CONCEPTS(c)), r"concept")
+case("concepts.learn_cavs", "unknown layer", lambda c: _cc().learn_cavs(c.vit, {"nodule": c.x}, layer="blocks.9",
+                                                                        negatives=c.x), r"blocks\.9")
+case("concepts.learn_cavs", "too few examples", lambda c: _cc().learn_cavs(c.vit, {"nodule": c.x}, negatives=c.x),
+     r"example")
+case("concepts.tcav", "target out of range", lambda c: _cc().tcav(c.vit, c.x, {"nodule": c.x}, layer="blocks.1",
+                                                                  target=5, random=c.x, min_examples=2), r"target|5")
+case("concepts.layer_activations", "images 0-255", lambda c: _cc().layer_activations(c.vit, c.xs("x255"), "blocks.1"),
+     r"255")
+case("concepts.layer_activations", "unknown layer", lambda c: _cc().layer_activations(c.vit, c.x, "blocks.9"),
+     r"blocks\.9")
+case("concepts.concept_examples", "unknown concept", lambda c: _cc().concept_examples(c.ds, ["tumour"]), r"tumour")
+case("concepts.random_images", "n=0", lambda c: _cc().random_images(c.ds, n=0), r"\bn\b")
+case("concepts.test_time_improve", "not a concept model", lambda c: _cc().test_time_improve(c.cnn, c.ds), r"concept")
+case("concepts.finetune_head", "steps=0", lambda c: _cc().finetune_head(c.cbm, c.ds, steps=0), r"steps")
+case("concepts.support_set", "per_class=0", lambda c: _cc().support_set(c.ds, per_class=0), r"per_class")
+case("concepts.concept_source", "unknown kind", lambda c: _cc().concept_source("magic", c.ds), r"magic|kind")
+case("concepts.select_concepts", "unknown names", lambda c: _cc().select_concepts(c.ds, ["tumour"]), r"tumour")
+case("concepts.with_concepts", "concepts of another length", lambda c: _cc().with_concepts(
+    c.ds, torch.rand(3, 2), ["a", "b"]), r"3|16|concepts")
+case("viz.contribution_bars", "not a prediction", lambda c: _viz().contribution_bars({"a": 1}), r"ConceptPrediction|predict")
+case("viz.concept_intervention_curves", "not a curve", lambda c: _viz().concept_intervention_curves([1, 2]),
+     r"InterventionCurve|curve")
+case("viz.tcav_bars", "not a TCAV result", lambda c: _viz().tcav_bars({"a": 1}), r"TCAV")
+case("viz.concept_map", "not ConceptMaps", lambda c: _viz().concept_map(torch.rand(2, 4, 4)), r"ConceptMaps")
+case("viz.concept_panel", "not a prediction", lambda c: _viz().concept_panel({"a": 1}), r"ConceptPrediction|predict")
+case("viz.alignment_heatmap", "not an Alignment", lambda c: _viz().alignment_heatmap({"a": 1}), r"Alignment")
+case("viz.style", "unknown style", lambda c: _viz().style("poster").__enter__(), r"poster|style")
+case("viz.use_style", "unknown style", lambda c: _viz().use_style("poster"), r"poster|style")
+case("viz.draw", "unknown recipe", lambda c: _viz().draw("no_such_figure"), r"no_such_figure|recipe")
+case("viz.rebuild", "missing sidecar", lambda c: _viz().rebuild(c.tmp / "none.json"), r"none\.json|not found")
+case("models.saved_checkpoint", "not a model", lambda c: _models().saved_checkpoint("model"), r"model|Module")
+case("widgets.concept_explorer", "not a concept model", lambda c: importlib.import_module(
+    "workbench.widgets").concept_explorer(c.cnn, c.ds), r"concept")
+case("cli.figure", "missing sidecar", lambda c: c.cli("figure", "rebuild", str(c.tmp / "none.json")),
+     r"none\.json|not found")
 
 
 # ------------------------------------------------------------------ CheXmask and dataset info (owner: data)

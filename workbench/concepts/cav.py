@@ -388,6 +388,7 @@ def concept_examples(data: Any, names: Sequence[str], *, n: int = 50, seed: int 
 
 def random_images(data: Any, n: int = 200, *, seed: int = 0) -> torch.Tensor:
     """``n`` images drawn at random from a dataset (the pool TCAV draws its random sets from)."""
+    check_int(n, "n")
     rng = np.random.default_rng(seed)
     return data.batch(torch.as_tensor(rng.choice(len(data), size=min(n, len(data)), replace=False)))["image"]
 
@@ -488,6 +489,8 @@ def tcav(model: nn.Module, images: Any, examples: Mapping[str, Any], *, layer: s
         parts = [x] + [_unpack_examples(str(k), v)[0] for k, v in examples.items()] if isinstance(examples, Mapping) else [x]
         random = torch.cat(parts)
     rnd = check_images(random, "random", model=model)
+    n_out = (getattr(model, "workbench_config", None) or {}).get("num_classes")
+    check_int(target, "target", minimum=0, maximum=None if n_out is None else int(n_out) - 1)
     check_choice(pool, "pool", POOLS)
     check_choice(classifier, "classifier", CLASSIFIERS)
     check_int(n_random, "n_random (the t-test needs several random CAVs)", minimum=2)

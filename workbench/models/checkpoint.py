@@ -41,7 +41,9 @@ def _weights_hash(model: torch.nn.Module) -> str:
 def saved_checkpoint(model: torch.nn.Module) -> Path | None:
     """The ``.safetensors`` file ``model`` was last saved to or loaded from in this session, if its
     weights still equal that file's (not trained since) and the file exists; else None."""
-    hit = _SAVED.get(model)
+    from workbench._checks import check_model
+
+    hit = _SAVED.get(check_model(model))
     if hit is None or not hit[0].exists() or _weights_hash(model) != hit[1]:
         return None
     return hit[0]

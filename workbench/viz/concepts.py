@@ -6,6 +6,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._style import colours, figsize as _figsize, rc, structure_colours, styled
+from .._checks import check_result
+from ._style import RC, colours, structure_colours
 
 
 def _axes(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
@@ -44,6 +46,7 @@ def contribution_bars(pred: Any, index: int = 0, ax: Any = None, *, target: int 
     Returns:
         The matplotlib Figure.
     """
+    check_result(pred, ("probs", "contributions", "names"), "a ConceptPrediction (workbench.concepts.predict / intervene)")
     import matplotlib.pyplot as plt
 
     c = _target(pred, index, target)
@@ -96,6 +99,7 @@ def concept_intervention_curves(curve: Any, ax: Any = None, *, metric: str = "ac
     Returns:
         The matplotlib Figure.
     """
+    check_result(curve, ("orders", "steps", "accuracy"), "an InterventionCurve (workbench.concepts.intervention_curve)")
     import matplotlib.pyplot as plt
 
     if metric not in ("accuracy", "auc"):
@@ -119,6 +123,7 @@ def concept_intervention_curves(curve: Any, ax: Any = None, *, metric: str = "ac
 @styled
 def tcav_bars(result: Any, ax: Any = None, **style: Any) -> Any:
     """TCAV score per concept (mean +- sd over random sets) beside the random null; * marks p < alpha."""
+    check_result(result, ("table",), "a TCAVResult (workbench.concepts.tcav)")
     import matplotlib.pyplot as plt
 
     t = result.table
@@ -182,6 +187,7 @@ def concept_map(maps: Any, index: int = 0, concept: int | str = 0, ax: Any = Non
     Returns:
         The matplotlib Figure.
     """
+    check_result(maps, ("maps", "names", "method"), "ConceptMaps (workbench.concepts.concept_maps)")
     import matplotlib.pyplot as plt
 
     from .overlays import outline_masks
@@ -213,6 +219,7 @@ def concept_panel(pred: Any, index: int = 0, *, maps: Any = None, concept: int |
                   masks: dict[str, Any] | None = None, image: Any = None) -> Any:
     """A three- or four-panel figure of one image: concept map (when ``maps``), concept contributions,
     class probabilities (what the concept widget exports)."""
+    check_result(pred, ("probs", "contributions", "names"), "a ConceptPrediction (workbench.concepts.predict / intervene)")
     import matplotlib.pyplot as plt
 
     with rc():

@@ -8,6 +8,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from .._checks import check_result
 from ._style import colours, figsize as _figsize, rc, structure_colours, styled
 
 
@@ -207,6 +208,7 @@ def alignment_heatmap(alignment: Any, ax: Any = None, *, cmap: str = "viridis") 
     Returns:
         The Figure when ``ax`` is None, else ``ax``.
     """
+    check_result(alignment, ("table", "ari", "nmi", "purity"), "an Alignment (workbench.evaluation.anatomy_alignment)")
     table = alignment.table
     new = ax is None
     fig, ax = _axes(ax, (1 + 0.6 * table.shape[1], 0.8 + 0.4 * table.shape[0]))
