@@ -78,6 +78,7 @@ EXEMPT = {
     "train.class_weights": "internal step of fit (covered by fit's class_weights case)",
     "sae.register_kind": "a decorator for developers",
     "pruning.register_criterion": "a decorator for developers",
+    "data.without_masks": "plumbing of fit / predict / explain (their data cases cover it)",
     "viz.recipe": "a decorator for developers (registers a figure recipe)",
     "viz.recipes": "no arguments",
     "jobs.distributed": "reads torchrun's environment; no user data",
@@ -1054,6 +1055,18 @@ case("data.attach_chexmask", "min_dice=2", lambda c: _data().attach_chexmask(c.d
 case("data.dataset_info", "a string", lambda c: _data().dataset_info("phantom"), r"dataset")
 case("data.decode_rle", "malformed", lambda c: _data().decode_rle("1 2 3", 4, 4), r"RLE|pairs")
 case("data.decode_rle", "runs beyond the image", lambda c: _data().decode_rle("10 20", 4, 4), r"fit|16|beyond")
+case("data.write_folder", "unwritable root", lambda c: _data().write_folder(c.ds, c.unwritable),
+     r"writ|folder|director")
+case("data.write_folder", "format='gif'", lambda c: _data().write_folder(c.ds, c.tmp / "wf", format="gif"),
+     r"format|gif")
+case("data.write_folder", "images 0-255", lambda c: _data().write_folder(
+    _data().ArrayDataset(c.x, c.y, classes=("a", "b"), task="binary", transform=lambda s: {**s, "image": s["image"] * 255}),
+    c.tmp / "wf255"), r"255")
+case("data.write_chexmask_csv", "unwritable path", lambda c: _data().write_chexmask_csv(c.ds, c.unwritable / "m.csv"),
+     r"writ|folder|director")
+case("data.write_chexmask_csv", "no such structures", lambda c: _data().write_chexmask_csv(
+    c.ds, c.tmp / "m.csv", structures=("liver",)), r"liver")
+case("data.as_dataset", "a string", lambda c: _data().as_dataset("phantom"), r"dataset")
 case("data.encode_rle", "a 3-D mask", lambda c: _data().encode_rle(np.zeros((2, 4, 4))), r"2-D|shape")
 
 

@@ -65,7 +65,7 @@ def write_folder(data: Any, root: str | os.PathLike, *, format: str = "png", mas
     """
     from PIL import Image
 
-    from workbench._checks import check_choice, check_dataset, check_output_path
+    from workbench._checks import check_choice, check_dataset, check_output_path, check_range
     from workbench.data._info import dataset_info
     check_dataset(data)
     check_choice(format, "format", ("png", "dcm"))
@@ -78,6 +78,7 @@ def write_folder(data: Any, root: str | os.PathLike, *, format: str = "png", mas
     lines = ["id,label,class_name"]
     for k in range(len(data)):
         s = data[k]
+        check_range(s["image"], (0.0, 1.0), name=f"image {ids[k]!r}")  # not clipped silently (0-255, standardised)
         img = s["image"].detach().float().cpu().numpy()
         if format == "dcm":
             if img.shape[0] != 1:

@@ -5,9 +5,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._style import colours, figsize as _figsize, rc, structure_colours, styled
 from .._checks import check_result
-from ._style import RC, colours, structure_colours
+from ._style import colours, figsize as _figsize, rc, structure_colours, styled
 
 
 def _axes(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
