@@ -454,7 +454,9 @@ def check_data(data: Any, model: nn.Module, *, name: str = "data") -> Any:
     if torch.is_tensor(stored) and stored.is_floating_point():
         check_range(stored, model_input(model).value_range, name=f"{name} images")
     if getattr(data, "transform", None) is None and len(data):
-        first = data[0]
+        from workbench.data._info import without_masks
+
+        first = without_masks(data)[0]  # the image only: a lazy folder's masks are not read for it
         if isinstance(first, Mapping) and torch.is_tensor(first.get("image")):
             check_images(first["image"], model, name=f"{name} images", allow_uint8=True)
     return data
