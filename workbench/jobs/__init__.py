@@ -30,8 +30,9 @@ API:
   (RANK, WORLD_SIZE, LOCAL_RANK), initialising the process group on first call; rank 0 of 1
   in a plain process. ``rank_device("auto")``: ``cuda:LOCAL_RANK`` under torchrun with GPUs.
 - ``split_indices(n)``: this rank's share of ``range(n)`` (strided).
-- ``Job(out, spec, n, shard_size=256, dtype="float16", progress=True, desc=...)``: checks or writes
-  ``job.json``; ``job.done`` when a matching finished job is already there.
+- ``Job(out, spec, n, shard_size=256, dtype="float16", progress=True, desc=..., overwrite=False)``:
+  checks or writes ``job.json`` (rank 0 judges, every rank gets the verdict); ``job.done`` when a
+  matching finished job is already there; ``overwrite=True`` deletes another job's files first.
   ``job.shards(data=None, batch_size=..., num_workers=..., device=...)`` yields this rank's
   unfinished ``Shard``s (``.index``, ``.indices``; with ``data`` each iterates over its batches,
   read by one DataLoader with workers); ``shard.write(arrays={...}, rows=...)``;
