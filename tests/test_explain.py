@@ -142,3 +142,24 @@ def test_cli_explain_writes_and_resumes(setup, tmp_path, capsys):
     at = argv.index("saliency")
     assert cli.main([*argv[:at], "gradcam", *argv[at + 1:]]) == 2
     assert "another job" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
+def test_on_cuda_lazy_data_in_pinned_workers_gives_the_cpu_results(setup, tmp_path):
+    data, model, _ = setup
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        kw = dict(method="saliency", batch_size=4, num_workers=1, progress=False)
+        cpu = wb.explain_dataset(model, data, out=tmp_path / "cpu", device="cpu", **kw)
+        gpu = wb.explain_dataset(model, data, out=tmp_path / "gpu", device="cuda", **kw)
+        a, b = cpu.maps[:].astype(np.float32), gpu.maps[:].astype(np.float32)
+        assert np.abs(a - b).max() <= 1e-2 * np.abs(a).max()
+        assert cpu.table["prediction"].tolist() == gpu.table["prediction"].tolist()
+        m = small_model()
+        h = wb.fit(m, data, epochs=1, batch_size=4, device="cuda", num_workers=1, progress=False)
+        assert len(h.rows) == 1 and next(m.parameters()).is_cuda
+        assert wb.evaluate(m, data, device="cuda", num_workers=1).n == 10
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
