@@ -58,7 +58,7 @@ def test_rise_with_many_masks_runs_in_bounded_chunks(monkeypatch):
     assert torch.isfinite(a.maps).all()
 
 
-@pytest.mark.parametrize("kw, match", [({"n_masks": 0}, "n_masks"), ({"p": 1.0}, "p must"),
+@pytest.mark.parametrize("kw, match", [({"n_masks": 0}, "n_masks"), ({"p": 1.0}, "probability that a cell"),
                                        ({"grid": 100}, "grid"), ({"score": "auc"}, "score")])
 def test_rise_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):

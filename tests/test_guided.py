@@ -76,8 +76,8 @@ def test_bad_guide_arguments_raise_clearly():
                           mask_present={"lesion": torch.zeros(8, dtype=torch.bool)})
     with pytest.raises(ValueError, match="no training sample"):
         wb.fit(m, absent, epochs=1, progress=False, guide_masks="lesion")
-    for bad in (-1.0, float("nan"), "high"):
-        with pytest.raises(ValueError, match="guide_weight"):
+    for bad, err in ((-1.0, ValueError), (float("nan"), ValueError), ("high", TypeError)):
+        with pytest.raises(err, match="guide_weight"):
             wb.fit(m, ds, epochs=1, progress=False, guide_masks="lesion", guide_weight=bad)
     with pytest.raises(TypeError, match="guide_masks"):
         wb.fit(m, ds, epochs=1, progress=False, guide_masks=3)

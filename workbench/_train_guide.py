@@ -123,9 +123,9 @@ def make_guide(data: Any, guide_masks: str | Sequence[str], guide_weight: Any, t
     if not isinstance(names, Sequence) or not names or not all(isinstance(n, str) for n in names):
         raise TypeError(f"guide_masks must be a structure name or a sequence of them (e.g. 'lesion'); "
                         f"got {guide_masks!r}.")
-    if isinstance(guide_weight, bool) or not isinstance(guide_weight, (int, float)) or \
-            not float(guide_weight) >= 0 or guide_weight == float("inf"):
-        raise ValueError(f"guide_weight must be a finite number >= 0; got {guide_weight!r}.")
+    from workbench._checks import check_number
+
+    check_number(guide_weight, "guide_weight", low=0)
     have = tuple(getattr(data, "structures", ()) or ()) or tuple(getattr(data, "masks", {}) or ())
     counts = {}
     for n in names:

@@ -41,10 +41,12 @@ from __future__ import annotations
 from . import methods_attention, methods_cam, methods_captum, methods_lrp, methods_region, methods_shap  # noqa: F401
 from ._core import METHODS, Attribution, MethodOutput, attribute, normalise, register_method, select_target
 from .baselines import BaselineSet, baseline_set
+from .recommend import Recommendation, recommend
 from .methods_cam import default_cam_layer
 from .methods_captum import baseline_like, default_window, slic_segments
 
 __all__ = [
     "METHODS", "Attribution", "MethodOutput", "attribute", "normalise", "register_method", "select_target",
     "default_cam_layer", "baseline_like", "default_window", "slic_segments", "BaselineSet", "baseline_set",
+    "Recommendation", "recommend",
 ]

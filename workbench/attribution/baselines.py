@@ -67,8 +67,9 @@ def baseline_set(data: Any, n: int = 32, *, seed: int = 0, name: str | None = No
         >>> tuple(s.images.shape)
         (4, 1, 8, 8)
     """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int; got {n!r}.")
+    from .._checks import check_int
+
+    n = check_int(n, "n")
     g = torch.Generator().manual_seed(int(seed))
     if isinstance(data, torch.Tensor):
         pool = data

@@ -61,14 +61,12 @@ def rise(model: nn.Module, images: torch.Tensor, target: torch.Tensor, *, n_mask
     memory is about ``128 x H x W + internal_batch_size x C x H x W`` whatever ``n_masks``: any
     number of masks runs, in as many passes as needed.
     """
-    if not isinstance(n_masks, int) or n_masks < 1:
-        raise ValueError(f"n_masks must be a positive int; got {n_masks!r}.")
-    if not isinstance(grid, int) or not 2 <= grid <= min(images.shape[-2:]):
-        raise ValueError(f"grid must be an int between 2 and the image side {min(images.shape[-2:])}; got {grid!r}.")
-    if not 0 < p < 1:
-        raise ValueError(f"p must lie in (0, 1); got {p!r}.")
-    if score not in ("prob", "logit"):
-        raise ValueError(f"score {score!r} is not 'prob' or 'logit'.")
+    from .._checks import check_choice, check_int, check_number
+
+    check_int(n_masks, "n_masks")
+    check_int(grid, "grid", minimum=2, maximum=min(images.shape[-2:]))
+    check_number(p, "p (the probability that a cell is kept)", low=0, high=1, low_open=True, high_open=True)
+    check_choice(score, "score", ("prob", "logit"))
     b, c, h, w = images.shape
     ref = baseline_like(images, baseline)
     ibs = internal_batch_size or default_batch(images)

@@ -24,6 +24,7 @@ _EXPORTS = {
     "ShortcutAudit": "workbench.evaluation.shortcut",
     "Faithfulness": "workbench.evaluation.faithfulness",
     "LocalisationScore": "workbench.evaluation.localisation",
+    "burnt_in_marks": "workbench.evaluation.marks",
 }
 
 

@@ -1,0 +1,71 @@
+"""recommend(model, modality=...): picks from the benchmark's evidence by model family and what runs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+
+import workbench.attribution.recommend as R
+
+
+def _rows(*items):
+    return [{"method": m, "n": 98, "pointing": p, "pointing_lo": p - 0.1, "pointing_hi": p + 0.1, "pointing_tol": p,
+             "mass": mass, "mass_lo": 0, "mass_hi": 1, "iou": 0.1, "deletion": 0.2} for m, p, mass in items]
+
+
+@pytest.fixture
+def evidence(tmp_path, monkeypatch):
+    data = {"modalities": {
+        "ultrasound": {"cnn": {"source": "test cnn", "rows": _rows(("lrp", 0.9, 0.3), ("occlusion", 0.85, 0.2),
+                                                                   ("gradcam", 0.85, 0.4)),
+                               "kwargs": {"occlusion": {"window": 16}}},
+                       "vit": {"source": "test vit", "rows": _rows(("chefer", 0.7, 0.2), ("saliency", 0.5, 0.1))}},
+        "radiograph": {"cnn": {"source": "x", "rows": _rows(("occlusion", 0.6, 0.1))},
+                       "vit": {"source": "x", "rows": _rows(("chefer", 0.4, 0.1))}}}}
+    path = tmp_path / "evidence.json"
+    path.write_text(json.dumps(data))
+    monkeypatch.setattr(R, "EVIDENCE", path)
+    R._load.cache_clear()
+    yield data
+    R._load.cache_clear()
+
+
+def test_recommends_the_best_method_that_runs_on_the_model(evidence):
+    from timm.models.resnet import BasicBlock, ResNet
+
+    resnet = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=3, in_chans=1, channels=(8, 16, 32, 64))
+    r = R.recommend(resnet, modality="ultrasound")
+    assert (r.method, r.family, r.modality) == ("lrp", "cnn", "ultrasound") and "lrp" in str(r)
+    assert list(r.evidence["method"]) == ["lrp", "gradcam", "occlusion"]  # tie on pointing -> mass
+    se = timm.create_model("seresnet18", num_classes=3, in_chans=1)  # LRP cannot run: next best
+    assert R.recommend(se, "US").method == "gradcam"
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=3, img_size=32, patch_size=8, depth=1)
+    r = R.recommend(vit, "ultrasound")
+    assert (r.method, r.family, r.source) == ("chefer", "vit", "test vit") and "0.70" in r.note
+
+
+def test_settings_and_aliases(evidence):
+    from timm.models.resnet import BasicBlock, ResNet
+
+    m = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=2, in_chans=1, channels=(8, 16, 32, 64))
+    r = R.recommend(m, modality="CXR")
+    assert r.method == "occlusion" and r.kwargs == {}
+    assert R.modalities() == ["radiograph", "ultrasound"]
+
+
+def test_bad_input(evidence):
+    with pytest.raises(ValueError, match="known modalities: \\['radiograph', 'ultrasound'\\]"):
+        R.recommend(torch.nn.Linear(2, 2), modality="mri")
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        R.recommend("resnet18", modality="ultrasound")
+
+
+def test_the_shipped_evidence_is_complete():
+    R._load.cache_clear()
+    data = R._load()
+    for modality in ("ultrasound", "radiograph"):
+        for fam in ("cnn", "vit"):
+            rows = data["modalities"][modality][fam]["rows"]
+            assert rows and all(0 <= r["pointing"] <= 1 for r in rows)
