@@ -6,7 +6,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ORDER = ["setup", "train", "train_gpu", "phantom", "attention", "communities", "communities_gpu", "attribution",
-         "attribution_gpu", "evaluation", "pruning", "concepts", "scale", "validation"]
+         "attribution_gpu", "evaluation", "lesions", "pruning", "concepts", "scale", "validation"]
 
 HEADER = """# Benchmarks
 
@@ -27,6 +27,7 @@ run on a lent NVIDIA H100 machine with `--device cuda`.
 | `bench_communities.py` | DCMM-ViT vs plain ViT AUC at 64 and 128 px; anatomy alignment of communities (phantom, real CXR); widget redraw latency |
 | `bench_attribution.py` | cost per attribution method vs forward+backward; agreement with pytorch-grad-cam |
 | `bench_evaluation.py` | method x metric table on the phantom; shortcut exposure; real-CXR budgets |
+| `bench_lesions.py` | every attribution method on real lesions (BUSI ultrasound) and the phantom's nodules; baselines; mask-guided training; cost of the new methods; burnt-in marks audit |
 | `bench_concepts.py` | CBM vs black box, concept AUCs, intervention curves; TCAV significance with/without a shortcut, agreement and cost vs captum; site repair without training; CBM training throughput; explorer redraw |
 | `bench_pruning.py` | pruned size/speed; AUC vs ratio per criterion (peers: Torch-Pruning magnitude/Taylor); explanations after pruning; shortcut removal; scoring cost |
 | `bench_scale.py` | lazy 20,000-PNG folder: memory while iterating, fit throughput lazy vs in memory; `workbench explain` under torchrun vs one process; CheXmask decoding speed |
