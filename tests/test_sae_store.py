@@ -69,6 +69,10 @@ def test_cnn_feature_map_store_and_an_sae_trained_from_it(tmp_path):
     store = wb.sae.cache(model, data, layer="layer3", out=tmp_path / "s", progress=False)
     assert store.layout.kind == "feature_map" and store.layout.grid == (2, 2) and store.d == 256
     assert store.per_image == 4 and store.n_tokens == 48
+    # a dataset that is not in memory goes through the job's DataLoader: the same tokens
+    sub = wb.sae.cache(model, torch.utils.data.Subset(data, range(12)), layer="layer3", out=tmp_path / "sub",
+                       progress=False)
+    assert all(torch.equal(sub.image(i), store.image(i)) for i in (0, 11))
     sae, log = wb.sae.train(store, "topk", expansion=2, k=8, epochs=2, batch_size=16, progress=False)
     assert sae.source["layer"] == "layer3" and sae.source["layout"]["kind"] == "feature_map"
     lat = wb.sae.latents(sae, model, data, maps=True)

@@ -9,9 +9,9 @@ Heatmap of a latent on an image: its patch activations on the grid, upsampled to
 - **pixel AUROC / AP**: how well the heatmap's pixel values separate the structure's pixels from
   the rest, pooled over images where the structure is annotated.
 
-AUROC and AP are computed from per-latent histograms (``bins`` levels between 0 and the latent's
-maximum, exact zeros in a bin of their own; tied values count half, as in the rank form), so
-every latent is scored in a streamed pass without holding the maps. All latents are screened
+AUROC and AP are computed from per-latent histograms (``bins`` levels of log2 activation, exact
+zeros in a bin of their own; values within one level count as tied, half as in the rank form), so
+every latent is scored in one streamed pass without holding the maps. All latents are screened
 with nearest upsampling (exact at the patch level); with ``upsample="bilinear"`` the best
 candidates per structure are then re-scored on bilinear pixel maps.
 """
@@ -44,9 +44,15 @@ def _structures(data: Any, structures: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(structures)
 
 
-def _bins(a: torch.Tensor, top: torch.Tensor, nb: int) -> torch.Tensor:
-    """Activations (..., L) -> bin index in [0, nb): 0 for exact zeros, else 1 + level of a / top."""
-    lvl = (a / top.clamp_min(1e-12) * (nb - 1)).ceil().clamp(1, nb - 1).long()
+LOG_RANGE = (-12.0, 6.0)  # activations binned on a log2 scale from 2**-12 to 2**6 (SAE units)
+
+
+def _bins(a: torch.Tensor, nb: int) -> torch.Tensor:
+    """Activations (..., L) -> bin index in [0, nb): 0 for exact zeros, else a level of log2(a) on
+    ``LOG_RANGE`` (``nb - 1`` levels: about 7 % apart at 256 bins; values outside are clamped). One
+    fixed scale for every latent, so a single pass over the data bins them all."""
+    lo, hi = LOG_RANGE
+    lvl = ((torch.log2(a.clamp_min(2.0 ** lo)) - lo) / (hi - lo) * (nb - 2)).floor().long().clamp(0, nb - 2) + 1
     return torch.where(a > 0, lvl, torch.zeros_like(lvl))
 
 
@@ -190,35 +196,30 @@ def atlas(sae: SAE, model: nn.Module, data: Any, *, structures: Sequence[str] | 
         none = (inside - patch_fractions((m[:, sel].amax(1) > 0.5) & reg, grid)).clamp_min(0)
         return fr * pres, (inside[..., None] - fr).clamp_min(0) * pres, inside, none
 
-    # pass 1: mass shares, maxima, firing frequency
+    # one pass: mass shares, firing frequency and, per structure, histograms of every latent's
+    # nearest-upsampled pixel values inside / outside the structure
     mass = torch.zeros(n_lat, n_s + 1, dtype=torch.float64, device=dev)
     total = torch.zeros(n_lat, n_s + 1, dtype=torch.float64, device=dev)
-    top_val = torch.zeros(n_lat, device=dev)
     fired = torch.zeros(n_lat, dtype=torch.float64, device=dev)
+    hp = torch.zeros(n_s, n_lat, bins, dtype=torch.float64, device=dev)
+    hn = torch.zeros_like(hp)
     n_patch, n_img = 0, 0
     for batch in batches(b, data, batch_size=batch_size, masks=True):
-        a = b.layout.patch_tokens(batch["codes"]).double()  # (B, P, L)
-        pos, _, inside, none = weights(batch)
+        codes = b.layout.patch_tokens(batch["codes"])  # (B, P, L)
+        a = codes.double()
+        pos, neg, inside, none = weights(batch)
         present = _masks_on(batch, names)[1].double()
         present = torch.cat([present, torch.ones_like(present[:, :1])], 1)
         mass += torch.einsum("bpl,bps->ls", a, torch.cat([pos, none[..., None]], -1).double())
         total += torch.einsum("bpl,bs->ls", a * inside[..., None].double(), present)
-        top_val = torch.maximum(top_val, a.amax((0, 1)).float())
         fired += (a > 0).double().sum((0, 1))
-        n_patch += a.shape[0] * a.shape[1]
-        n_img += a.shape[0]
-    shares = (mass / total.clamp_min(1e-30)).float().cpu()
-
-    # pass 2: nearest-upsampling histograms for every latent and structure
-    hp = torch.zeros(n_s, n_lat, bins, dtype=torch.float64, device=dev)
-    hn = torch.zeros_like(hp)
-    for batch in batches(b, data, batch_size=batch_size, masks=True):
-        a = b.layout.patch_tokens(batch["codes"]).reshape(-1, n_lat)
-        pos, neg, _, _ = weights(batch)
-        idx = _bins(a, top_val, bins)
+        idx = _bins(codes.reshape(-1, n_lat), bins)
         for s in range(n_s):
             _hist_add(hp[s], idx, pos[..., s].reshape(-1))
             _hist_add(hn[s], idx, neg[..., s].reshape(-1))
+        n_patch += a.shape[0] * a.shape[1]
+        n_img += a.shape[0]
+    shares = (mass / total.clamp_min(1e-30)).float().cpu()
     auroc, ap = auc_ap_from_hist(hp, hn)
     auroc, ap = auroc.cpu(), ap.cpu()
 
@@ -227,7 +228,7 @@ def atlas(sae: SAE, model: nn.Module, data: Any, *, structures: Sequence[str] | 
     cand = {s: [int(j) for j in torch.nan_to_num(auroc[i], nan=-1.0).topk(k_cand).indices] for i, s in enumerate(names)}
     fin_auc, fin_ap = {s: auroc[i, cand[s]] for i, s in enumerate(names)}, {s: ap[i, cand[s]] for i, s in enumerate(names)}
     if upsample_mode == "bilinear":
-        fin_auc, fin_ap = _rescore(b, data, names, need, region, cand, top_val, bins, batch_size)
+        fin_auc, fin_ap = _rescore(b, data, names, need, region, cand, bins, batch_size)
     rows = []
     for i, s in enumerate(names):
         order = torch.argsort(torch.nan_to_num(fin_auc[s], nan=-1.0), descending=True)[:top]
@@ -241,7 +242,7 @@ def atlas(sae: SAE, model: nn.Module, data: Any, *, structures: Sequence[str] | 
 
 
 def _rescore(b: Bound, data: Any, names: tuple[str, ...], need: tuple[str, ...], region: str | None,
-             cand: dict[str, list[int]], top_val: torch.Tensor, bins: int, batch_size: int):
+             cand: dict[str, list[int]], bins: int, batch_size: int):
     """Pixel-level AUROC / AP of each structure's candidate latents on bilinear heatmaps."""
     dev = b.device
     hp = {s: torch.zeros(len(c), bins, dtype=torch.float64, device=dev) for s, c in cand.items()}
@@ -262,7 +263,7 @@ def _rescore(b: Bound, data: Any, names: tuple[str, ...], need: tuple[str, ...],
             mk = m[pres, need.index(s)] > 0.5
             rg = reg[pres] > 0.5
             vals = up[pres].permute(0, 2, 3, 1).reshape(-1, len(lat))
-            idx = _bins(vals, top_val[lat], bins)
+            idx = _bins(vals, bins)
             _hist_add(hp[s], idx, (mk & rg).flatten().double())
             _hist_add(hn[s], idx, (~mk & rg).flatten().double())
     out_auc, out_ap = {}, {}

@@ -120,9 +120,9 @@ def cache(model: nn.Module, data: Any, *, layer: str | int, out: str | os.PathLi
         from workbench.data._info import dataset_ids
 
         ids = dataset_ids(data)
-        for shard in job.shards(data, batch_size=batch_size, num_workers=num_workers, device=dev):
+        for shard in _shards_with_batches(job, data, batch_size, num_workers, dev):
             acts, labels = [], []
-            for batch in shard:
+            for batch in shard.batches:
                 x = check_images(batch["image"].to(dev, non_blocking=True).float(), run, name="the images")
                 t = layout.select(forward_to(run, x, name)).float()
                 check_finite(t.reshape(-1, layout.d), f"the activations of layer {name!r} (images "
@@ -132,6 +132,33 @@ def cache(model: nn.Module, data: Any, *, layer: str | int, out: str | os.PathLi
             shard.write({"acts": torch.cat(acts)},
                         rows={"id": [ids[i] for i in shard.indices], "label": labels})
     return ActivationStore(job.finish())
+
+
+def _image_label(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Collate only what the store needs (masks and concepts are not stacked)."""
+    return {"image": torch.stack([torch.as_tensor(s["image"]) for s in samples]),
+            "label": torch.stack([torch.as_tensor(s["label"]) for s in samples])}
+
+
+def _shards_with_batches(job: jobs.Job, data: Any, batch_size: int, num_workers: int,
+                         dev: torch.device) -> Iterator[Any]:
+    """The job's unfinished shards, each with ``.batches`` of image/label dicts.
+
+    In-memory datasets (an ArrayDataset without a transform) are indexed a batch at a time (no
+    per-sample Python work, no DataLoader); any other dataset is read by the job's DataLoader with
+    ``num_workers`` workers, collating images and labels only."""
+    from workbench.data import ArrayDataset
+
+    if isinstance(data, ArrayDataset) and data.transform is None:
+        for shard in job.shards():
+            idx = torch.tensor(list(shard.indices))
+            shard.batches = ({"image": data._image(idx[i:i + batch_size]), "label": data.labels[idx[i:i + batch_size]]}
+                             for i in range(0, len(idx), batch_size))
+            yield shard
+        return
+    for shard in job.shards(data, batch_size=batch_size, num_workers=num_workers, device=dev, collate_fn=_image_label):
+        shard.batches = iter(shard)
+        yield shard
 
 
 class ActivationStore:
