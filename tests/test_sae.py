@@ -166,3 +166,52 @@ def test_load_refuses_corrupt_or_foreign_files(tmp_path):
         load(tmp_path / "s")
     with pytest.raises(FileNotFoundError, match="not found"):
         load(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("kind", ["topk", "batchtopk", "relu"])
+def test_sparse_training_step_equals_the_dense_step(kind):
+    """The CPU's sparse step (decoder and gradients from active latents only) gives the dense step's
+    losses and gradients, AuxK included."""
+    from workbench.sae.training import _dense_step, _sparse_step
+
+    torch.manual_seed(0)
+    x = sparse_data(n=64, d=16)
+    sae = create(kind, d=16, expansion=4, k=3)
+    init_from_data(sae, x)
+    with torch.no_grad():
+        sae.W_enc.add_(0.3 * torch.randn_like(sae.W_enc))
+        sae.b_enc.normal_(0, 0.2)
+        sae.b_dec.normal_(0, 0.1)
+        if kind == "relu":
+            sae.b_enc.sub_(1.5)   # sparse enough for the sparse step (<= 5 % active)
+    dead = torch.zeros(sae.d_sae, dtype=torch.bool)
+    dead[::5] = True
+    sae.train()
+    grads = []
+    for step in ("sparse", "dense"):
+        sae.zero_grad()
+        res = _sparse_step(sae, x, dead, 8, 0.1) if step == "sparse" else \
+            _dense_step(sae, x, dead, 8, 0.1, torch.device("cpu"), False)
+        assert res is not None
+        (res.rec + 0.1 * res.l1 + res.aux).backward()
+        grads.append({n: p.grad.clone() for n, p in sae.named_parameters()} | {
+            "rec": res.rec.detach(), "l1": res.l1.detach(), "aux": res.aux.detach(), "fired": res.fired,
+            "active": res.active})
+    sparse, dense = grads
+    assert float(dense["aux"]) > 0 and int(dense["active"]) > 0
+    for key in dense:
+        torch.testing.assert_close(sparse[key].float(), dense[key].float(), atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_batch_topk_selection_is_exact_also_when_one_row_takes_many():
+    from workbench.sae._sparse import batch_topk_selection
+
+    g = torch.Generator().manual_seed(0)
+    pre = torch.randn(16, 64, generator=g)
+    pre[3] += 5.0                      # one token holds most of the batch's top k x B values
+    sel = batch_topk_selection(pre, 4)
+    flat = torch.relu(pre).flatten()
+    want = set(flat.topk(4 * 16).indices.tolist())
+    got = set((sel.rows * 64 + sel.cols).tolist())
+    assert got == want and (sel.rows == 3).sum() > 16 and bool((sel.rows.diff() >= 0).all())
+    torch.testing.assert_close(sel.values, pre[sel.rows, sel.cols])

@@ -161,6 +161,13 @@ class SAE(nn.Module):
         """Called by ``train`` at its end with a sample of training tokens (BatchTopK calibrates its
         inference threshold here); nothing by default."""
 
+    @torch.no_grad()
+    def training_selection(self, pre: torch.Tensor) -> Any:
+        """The active entries of a training batch's ``(B, d_sae)`` pre-activations as a
+        ``workbench.sae._sparse.Selection`` (the sparse training step), or None to train this
+        batch with the dense step. The values must equal what ``activate`` keeps."""
+        return None
+
     def dead_mask(self, dead_after: float) -> torch.Tensor:
         """(d_sae,) bool: latents that have not fired for more than ``dead_after`` training tokens."""
         return self.tokens_since_fired > dead_after
@@ -177,6 +184,12 @@ class ReLUSAE(SAE):
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         return torch.relu(pre)
 
+    @torch.no_grad()
+    def training_selection(self, pre: torch.Tensor) -> Any:
+        from ._sparse import positive_selection
+
+        return positive_selection(pre)
+
 
 @register_kind("topk")
 class TopKSAE(SAE):
@@ -191,6 +204,12 @@ class TopKSAE(SAE):
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         vals, idx = pre.topk(self.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter_(-1, idx, torch.relu(vals))
+
+    @torch.no_grad()
+    def training_selection(self, pre: torch.Tensor) -> Any:
+        from ._sparse import topk_selection
+
+        return topk_selection(pre, self.k)
 
 
 @register_kind("batchtopk")
@@ -219,13 +238,24 @@ class BatchTopKSAE(SAE):
         n_keep = min(self.k * max(1, flat.numel() // self.d_sae), flat.numel())
         vals, idx = flat.topk(n_keep, sorted=False)
         codes = torch.zeros_like(flat).scatter_(0, idx, vals).view_as(pre)
-        with torch.no_grad():
-            pos = vals[vals > 0]
-            if pos.numel():
-                t = pos.min().float()
-                m = self.threshold_momentum
-                self.threshold.copy_(t if torch.isnan(self.threshold) else m * self.threshold + (1 - m) * t)
+        self._track_threshold(vals)
         return codes
+
+    @torch.no_grad()
+    def _track_threshold(self, kept: torch.Tensor) -> None:
+        pos = kept[kept > 0]
+        if pos.numel():
+            t = pos.min().float()
+            m = self.threshold_momentum
+            self.threshold.copy_(t if torch.isnan(self.threshold) else m * self.threshold + (1 - m) * t)
+
+    @torch.no_grad()
+    def training_selection(self, pre: torch.Tensor) -> Any:
+        from ._sparse import batch_topk_selection
+
+        sel = batch_topk_selection(pre, self.k)
+        self._track_threshold(sel.values)
+        return sel
 
     @torch.no_grad()
     def finish_training_(self, sample: torch.Tensor) -> None:

@@ -166,12 +166,60 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 1.0
 
 
+class _Step(NamedTuple):
+    rec: torch.Tensor      # FVU of the batch
+    l1: torch.Tensor       # mean L1 norm of the codes
+    aux: torch.Tensor      # AuxK loss (0 without dead latents)
+    fired: torch.Tensor    # (d_sae,) bool, latents active on the batch
+    active: torch.Tensor   # number of active (token, latent) pairs
+
+
+def _dense_step(sae: SAE, xb: torch.Tensor, dead: torch.Tensor, aux_k: int, l1_coef: float,
+                dev: torch.device, use_amp: bool) -> _Step:
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+        out = sae(xb)
+        rec = losses.fvu(xb, out.x_hat, out.codes)
+        l1 = losses.l1(xb, out.x_hat, out.codes) if l1_coef else rec.new_zeros(())
+        aux = losses.auxk(xb, out.x_hat, out.codes, pre=out.pre, dead=dead, dictionary=sae.W_dec,
+                          scale=sae.input_scale, k_aux=aux_k) if aux_k else rec.new_zeros(())
+    with torch.no_grad():
+        codes = out.codes.detach()
+        return _Step(rec, l1, aux, codes.amax(0) > 0, (codes > 0).sum())
+
+
+def _sparse_step(sae: SAE, xb: torch.Tensor, dead: torch.Tensor, aux_k: int, l1_coef: float) -> _Step | None:
+    """The same losses as ``_dense_step`` from the active entries only (``workbench.sae._sparse``);
+    None when the kind selects no sparse set for this batch (then the dense step runs)."""
+    from . import _sparse
+
+    xn = xb.to(sae.W_enc.dtype) * sae.input_scale
+    b_eff = sae.b_enc - sae.b_dec @ sae.W_enc
+    with torch.no_grad():
+        pre = torch.addmm(b_eff.detach(), xn, sae.W_enc.detach())
+        sel = sae.training_selection(pre)
+    if sel is None:
+        return None
+    vals = torch.relu(_sparse.gather(xn, sae.W_enc, b_eff, sel))
+    x_hat = (_sparse.decode(sel, vals, sae.W_dec) + sae.b_dec) / sae.input_scale
+    rec = losses.fvu(xb, x_hat)
+    l1 = vals.sum() / xb.shape[0] if l1_coef else rec.new_zeros(())
+    aux = rec.new_zeros(())
+    dsel = _sparse.dead_selection(pre, dead, aux_k) if aux_k else None
+    if dsel is not None:
+        avals = torch.relu(_sparse.gather(xn, sae.W_enc, b_eff, dsel))
+        aux = losses.fvu((xb - x_hat).detach(), _sparse.decode(dsel, avals, sae.W_dec) / sae.input_scale)
+    with torch.no_grad():
+        on = vals > 0
+        fired = torch.bincount(sel.cols[on], minlength=sae.d_sae) > 0
+        return _Step(rec, l1, aux, fired, on.sum())
+
+
 def train(store: Any, kind: str = "topk", expansion: float = 8, k: int | None = 32, *, d_sae: int | None = None,
           l1_coef: float = 5e-3, lr: float | None = None, batch_size: int = 4096, epochs: float = 1.0,
           tokens: int | None = None, aux_k: int | None = None, aux_coef: float = 1 / 32,
           dead_after: int | None = None, init: str = "mean", init_tokens: int = 65536,
           device: str | torch.device | None = "auto", amp: str | bool = "auto", seed: int = 0,
-          log_every: int = 20, progress: bool = True, **kind_kw: Any) -> Trained:
+          log_every: int = 20, progress: bool = True, sparse_step: bool = True, **kind_kw: Any) -> Trained:
     """Train a sparse autoencoder on token activations.
 
     Args:
@@ -195,6 +243,9 @@ def train(store: Any, kind: str = "topk", expansion: float = 8, k: int | None = 
         seed: seeds initialisation and shuffling.
         log_every: log a row every this many steps (and at the last one).
         progress: show a tqdm progress bar.
+        sparse_step: on a CPU, compute the decoder and every gradient from the active latents only
+            (``workbench.sae._sparse``: the same numbers, about twice as fast at k = 32 of 1536); on
+            an accelerator the dense step runs (its matrix products are cheap there).
         **kind_kw: kind-specific options (``threshold_momentum`` for batchtopk).
 
     Returns:
@@ -239,6 +290,7 @@ def train(store: Any, kind: str = "topk", expansion: float = 8, k: int | None = 
               "aux_coef": aux_coef, "dead_after": dead_after, "init": init, "seed": seed, "device": str(dev),
               "amp": use_amp}
     opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), eps=6.25e-10)
+    sparse = dev.type == "cpu" and sparse_step
     warmup = max(1, min(1000, steps // 20))
     rows: list[dict[str, float]] = []
     seen, step, epoch = 0, 0, 0
@@ -254,32 +306,26 @@ def train(store: Any, kind: str = "topk", expansion: float = 8, k: int | None = 
                 check_finite(xb, "the activations")
                 for g in opt.param_groups:
                     g["lr"] = lr * _lr_factor(step, steps, warmup)
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                    out = sae(xb)
-                    rec = losses.fvu(xb, out.x_hat, out.codes)
-                    loss = rec
-                    if kind == "relu":
-                        coef = l1_coef * min(1.0, (step + 1) / max(1, steps // 20))
-                        loss = loss + losses.l1(xb, out.x_hat, out.codes, coef=coef)
-                    dead = sae.dead_mask(dead_after)
-                    aux = losses.auxk(xb, out.x_hat, out.codes, pre=out.pre, dead=dead, dictionary=sae.W_dec,
-                                      scale=sae.input_scale, k_aux=aux_k) if aux_k and aux_coef else rec.new_zeros(())
-                    loss = loss + aux_coef * aux
+                dead = sae.dead_mask(dead_after)
+                coef = l1_coef * min(1.0, (step + 1) / max(1, steps // 20)) if kind == "relu" else 0.0
+                res = _sparse_step(sae, xb, dead, aux_k if aux_coef else 0, coef) if sparse else None
+                if res is None:
+                    res = _dense_step(sae, xb, dead, aux_k if aux_coef else 0, coef, dev, use_amp)
+                loss = res.rec + coef * res.l1 + aux_coef * res.aux
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 sae.remove_parallel_grads_()
                 opt.step()
                 sae.normalize_decoder_()
                 with torch.no_grad():
-                    active = out.codes > 0
-                    sae.tokens_since_fired.add_(xb.shape[0]).masked_fill_(active.any(0), 0)
+                    sae.tokens_since_fired.add_(xb.shape[0]).masked_fill_(res.fired, 0)
                 seen += xb.shape[0]
                 step += 1
                 bar.update(1)
                 if step % log_every == 0 or step == steps:
                     row = {"step": step, "tokens": seen, "lr": opt.param_groups[0]["lr"], "loss": float(loss.detach()),
-                           "fvu": float(rec.detach()), "l0": float(active.sum()) / xb.shape[0],
-                           "aux": float(aux.detach()), "dead_fraction": float(dead.float().mean())}
+                           "fvu": float(res.rec.detach()), "l0": float(res.active) / xb.shape[0],
+                           "aux": float(res.aux.detach()), "dead_fraction": float(dead.float().mean())}
                     rows.append(row)
                     bar.set_postfix(fvu=f"{row['fvu']:.3f}", l0=f"{row['l0']:.1f}", dead=f"{row['dead_fraction']:.2f}")
             epoch += 1
