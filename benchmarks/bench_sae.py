@@ -207,7 +207,7 @@ def part_memory(args) -> None:
             f"{log.tokens:,} (one epoch) | {base:.0f} | {max(peak):.0f} | **{growth:.0f}** | < 500 | "
             f"{log.tokens / secs:.0f} |"]
     note = ("TopK SAE (d = 192, x8, k = 32, batch 4096) trained for one epoch with the default shuffle buffer "
-            "(128 MB of float16 blocks of 8 images, read by a background thread; memory maps opened per block "
+            "(64 MB of float16 blocks of 8 images, read ahead by a background thread; memory maps opened per block "
             "and closed). The store holds the tokens of a conv layer on noise images: its content does not "
             "matter for memory.")
     write_table("memory", "### Memory while training from a >= 2 GB store\n\n" + machine() + "\n\n"

@@ -211,20 +211,27 @@ class ActivationStore:
         return out
 
     def _read(self, blocks: list[tuple[int, int, int]]) -> np.ndarray:
-        """The tokens of ``blocks`` as one (n, d) float16 array (memory maps opened and closed here,
-        so the store's pages never stay mapped in this process)."""
+        """The tokens of ``blocks`` as one (n, d) float16 array, filled block by block (memory maps
+        opened and closed here, so the store's pages never stay mapped in this process)."""
         arr = self.job.array("acts")
-        parts = [np.array(arr.block(k)[a:b]).reshape(-1, self.d) for k, a, b in blocks]
+        n = sum(b - a for _, a, b in blocks) * self.per_image
+        out = np.empty((n, self.d), np.float16)
+        pos = 0
+        for k, a, b in blocks:
+            m = (b - a) * self.per_image
+            out[pos:pos + m] = arr.block(k)[a:b].reshape(m, self.d)
+            pos += m
         del arr
-        return np.concatenate(parts) if parts else np.zeros((0, self.d), np.float16)
+        return out
 
-    def batches(self, batch_size: int, *, shuffle: bool = True, seed: int = 0, buffer_mb: float = 128.0,
+    def batches(self, batch_size: int, *, shuffle: bool = True, seed: int = 0, buffer_mb: float = 64.0,
                 block_images: int = 8, prefetch: bool = True) -> Iterator[torch.Tensor]:
         """One pass over every token in ``(batch_size, d)`` float32 CPU batches (the last may be shorter).
 
         Shuffling draws blocks of ``block_images`` consecutive images in random order from all
-        shards into a buffer of about ``buffer_mb`` MB, shuffles its tokens and cuts batches; memory
-        stays within about two buffers whatever the store's size.
+        shards into a buffer of about ``buffer_mb`` MB, shuffles its tokens in place and cuts
+        batches; memory stays within about two buffers (the one in use and the one a background
+        thread reads ahead) whatever the store's size.
         """
         blocks = self._blocks(max(1, int(block_images)))
         rng = np.random.default_rng(seed)
@@ -243,13 +250,19 @@ class ActivationStore:
         carry = np.zeros((0, self.d), np.float16)
         for buf in _prefetched((self._read(g) for g in groups), prefetch):
             if shuffle:
-                buf = buf[rng.permutation(len(buf))]
-            if len(carry):
-                buf = np.concatenate([carry, buf])
-            n_full = len(buf) // batch_size * batch_size
-            for i in range(0, n_full, batch_size):
+                rng.shuffle(buf)   # in place: no second copy of the buffer
+            start = 0
+            if len(carry):   # complete the previous buffer's last partial batch
+                start = min(batch_size - len(carry), len(buf))
+                carry = np.concatenate([carry, buf[:start]])
+                if len(carry) < batch_size:
+                    continue
+                yield torch.from_numpy(carry).float()
+                carry = np.zeros((0, self.d), np.float16)
+            n_full = start + (len(buf) - start) // batch_size * batch_size
+            for i in range(start, n_full, batch_size):
                 yield torch.from_numpy(buf[i:i + batch_size]).float()
-            carry = buf[n_full:]
+            carry = buf[n_full:].copy()
         if len(carry):
             yield torch.from_numpy(carry).float()
 
