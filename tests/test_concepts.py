@@ -438,3 +438,25 @@ def test_training_needs_concept_labels_and_calibrate_sets_statistics():
     wc.calibrate_(cbm, ds)
     assert torch.allclose(cbm.logit_lo, torch.full((3,), -4.0)) and torch.allclose(cbm.logit_hi, torch.full((3,), 4.0))
     assert torch.allclose(cbm.source_class_means()[0], torch.full((3,), -4.0))  # class n: every concept absent
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
+def test_concept_verbs_on_cuda_match_cpu():
+    """A CBM on the GPU: bf16 training runs, and predict / intervene / curves / maps / TTI give the CPU's answers."""
+    torch.manual_seed(0)
+    ds = wb.data.load("phantom", split="val", n=48, size=32, task="diagnosis", progress=False, cache=False)
+    cbm = wc.create("vit_tiny", concepts=ds, num_classes=6, img_size=32, in_chans=1, classes=ds.classes, **VIT)
+    gpu = copy.deepcopy(cbm)
+    hist = wb.fit(gpu, ds, epochs=1, batch_size=16, device="cuda", progress=False)  # bf16 autocast on CUDA
+    assert np.isfinite(hist.loss).all() and next(gpu.parameters()).is_cuda
+    cpu = copy.deepcopy(gpu).cpu().eval()
+    b = ds.batch(range(8))
+    for fn in (lambda m: wc.predict(m, b).probs, lambda m: wc.intervene(m, b, {"nodule": 1.0}).probs,
+               lambda m: wc.concept_maps(m, b).maps):
+        torch.testing.assert_close(fn(gpu), fn(cpu), atol=1e-4, rtol=1e-3)
+    c1, c2 = wc.intervention_curve(gpu, ds, bootstrap=0), wc.intervention_curve(cpu, ds, bootstrap=0)
+    assert np.allclose(c1.accuracy["uncertainty"], c2.accuracy["uncertainty"])
+    support = wc.support_set(ds, per_class=1) if min(torch.bincount(ds.labels, minlength=6)) > 0 else ds
+    a1, _ = wc.test_time_improve(gpu, support, source=ds)
+    assert a1.adapt_gain.is_cuda
