@@ -195,29 +195,31 @@ def part_tcav(s: Settings) -> str:
     layer = f"blocks.{SPECS['vit'][1]['depth'] - 1}"
     rows, times = [], {}
     results = {}
-    for kind in ("blackbox", "shortcut"):
-        model = get_model(s, "vit", kind, [])
-        for cls, findings in RULE.items():
-            if kind == "shortcut" and cls != "pneumothorax":
-                continue
-            c = test.classes.index(cls)
-            imgs = test.batch((test.labels == c).nonzero().flatten()[:100])["image"]
-            t0 = time.perf_counter()
-            res = wc.tcav(model, imgs, examples, layer=layer, target=c, random=rnd, n_random=n_random)
-            times.setdefault(kind, []).append(time.perf_counter() - t0)
-            results[(kind, cls)] = (res, imgs, c)
-            t = res.table
-            cells = []
-            for name in t.index:
-                mark = "**" if t.loc[name, "significant"] else ""
-                cells.append(f"{mark}{t.loc[name, 'score']:.2f}{mark} (p={t.loc[name, 'p_value']:.3g})")
-            pos_ok = all(t.loc[f, "significant"] and t.loc[f, "score"] > t.loc[f, "random_score"] for f in findings)
-            rows.append(f"| {kind} | {cls} ({len(imgs)}) | " + " | ".join(cells) +
-                        f" | {'yes' if pos_ok else 'no'} | {'no' if not t.loc['marker', 'significant'] else 'yes'} |")
-    header = "| model | target class (images) | " + " | ".join(results[("blackbox", "pneumothorax")][0].table.index) + \
+    for pool in ("flatten", "mean"):
+        for kind in ("blackbox", "shortcut"):
+            model = get_model(s, "vit", kind, [])
+            for cls, findings in RULE.items():
+                if kind == "shortcut" and cls != "pneumothorax":
+                    continue
+                c = test.classes.index(cls)
+                imgs = test.batch((test.labels == c).nonzero().flatten()[:100])["image"]
+                t0 = time.perf_counter()
+                res = wc.tcav(model, imgs, examples, layer=layer, target=c, random=rnd, n_random=n_random, pool=pool)
+                times.setdefault(kind, []).append(time.perf_counter() - t0)
+                results[(pool, kind, cls)] = (res, imgs, c)
+                t = res.table
+                cells = []
+                for name in t.index:
+                    mark = "**" if t.loc[name, "significant"] else ""
+                    cells.append(f"{mark}{t.loc[name, 'score']:.2f}{mark} (p={t.loc[name, 'p_value']:.2g})")
+                pos_ok = all(t.loc[f, "significant"] and t.loc[f, "score"] > t.loc[f, "random_score"] for f in findings)
+                rows.append(f"| {pool} | {kind} | {cls} ({len(imgs)}) | " + " | ".join(cells) +
+                            f" | {'yes' if pos_ok else 'no'} | {'no' if not t.loc['marker', 'significant'] else 'yes'} |")
+    header = "| pool | model | target class (images) | " + \
+             " | ".join(results[("flatten", "blackbox", "pneumothorax")][0].table.index) + \
              " | class findings significant, score above random | marker significant |"
     # --- agreement with captum on identical inputs
-    res, imgs, c = results[("shortcut", "pneumothorax")]
+    res, imgs, c = results[("flatten", "shortcut", "pneumothorax")]
     n = res.params["n_examples"]
     rng = np.random.default_rng(0)
     sets = [rng.choice(len(rnd), size=n, replace=False) for _ in range(n_random + 1)]
@@ -292,7 +294,8 @@ def part_tcav(s: Settings) -> str:
             f"{n_random} random sets from an unbiased split; two-sided t-test of the concept's CAVs against "
             "random-vs-random CAVs, **bold** = p < 0.05. Targets: the class's findings significant, an unrelated "
             "concept (marker) not; with the planted shortcut `device` significant for pneumothorax, without it "
-            "not.\n\n" + header + "\n|" + "---|" * (len(names) + 4) + "\n" + "\n".join(rows) +
+            "not. Pools: `flatten` (every token, as captum) and `mean` (CAVs on the token mean).\n\n" + header + "\n|" +
+            "---|" * (len(names) + 5) + "\n" + "\n".join(rows) +
             f"\n\nAgreement with captum's TCAV (`captum.concept.TCAV`) on the shortcut model, target pneumothorax:\n"
             f"- fed our CAVs (a classifier returning them) on the same {len(names)} x {n_random} experimental sets: "
             f"largest difference of sign-count scores **{diff_sign:.2g}**, of magnitude scores **{diff_mag:.2g}**;\n"
