@@ -1236,6 +1236,25 @@ def public_verbs() -> list[str]:
     return sorted(out)
 
 
+# ------------------------------------------------------------------ lesion evidence and burnt-in marks
+def _marks(x: Any, **kw: Any) -> Any:
+    return importlib.import_module("workbench.evaluation").burnt_in_marks(x, **kw)
+
+
+for _kind in ("x255", "nan", "inf", "list", "empty", "standardised", "int64", "bool", "float64"):
+    _says, _expect, _issue = IMAGE_KINDS[_kind]
+    case("evaluation.burnt_in_marks", f"images {_kind}", lambda c, k=_kind: _marks(c.xs(k)), _says, _expect, _issue)
+case("evaluation.burnt_in_marks", "images uint8 (documented: scaled by 1/255)", lambda c: _marks(c.xs("uint8")),
+     expect="ok")
+case("evaluation.burnt_in_marks", "threshold=2", lambda c: _marks(c.x, threshold=2.0), r"threshold")
+case("evaluation.burnt_in_marks", "max_size=0", lambda c: _marks(c.x, max_size=0), r"max_size")
+case("evaluation.burnt_in_marks", "dilate=-1", lambda c: _marks(c.x, dilate=-1), r"dilate")
+case("attribution.recommend", "unknown modality", lambda c: importlib.import_module(
+    "workbench.attribution").recommend(c.cnn, modality="mri"), r"mri.*known modalities")
+case("attribution.recommend", "a model name instead of a model", lambda c: importlib.import_module(
+    "workbench.attribution").recommend("resnet18", modality="ultrasound"), r"nn.Module|model")
+
+
 def verbs_without_cases() -> list[str]:
     covered = {c.verb for c in CASES}
     return [v for v in public_verbs() if v not in covered and v not in EXEMPT]

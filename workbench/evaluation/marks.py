@@ -61,13 +61,21 @@ def burnt_in_marks(images: Any, *, threshold: float = 0.2, d: int | None = None,
         >>> bool(m[0, 30, 28]), bool(m[0, 5, 5])
         (True, False)
     """
-    x = torch.as_tensor(images)
+    from .._checks import check_images, check_int, check_number
+
+    x = torch.as_tensor(images) if isinstance(images, np.ndarray) else images
+    if isinstance(x, torch.Tensor) and x.ndim == 3:
+        x = x.unsqueeze(1)  # (B, H, W) -> (B, 1, H, W)
+    x = check_images(x, allow_uint8=True, single=False)
     if x.dtype == torch.uint8:
         x = x.float() / 255.0
-    if x.ndim == 4:
-        x = x.float().mean(1)
-    if x.ndim != 3:
-        raise ValueError(f"images has shape {tuple(x.shape)}; expected (B, C, H, W) or (B, H, W).")
+    x = x.float().mean(1)
+    check_number(threshold, "threshold", low=0.0, high=1.0)
+    for value, label in ((d, "d"), (max_size, "max_size")):
+        if value is not None:
+            check_int(value, label)
+    if dilate is not None:
+        check_int(dilate, "dilate", minimum=0)
     scale = min(x.shape[-2:]) / 256.0
     d = max(1, round(2 * scale)) if d is None else int(d)
     max_size = max(3, round(18 * scale)) if max_size is None else int(max_size)
