@@ -133,8 +133,13 @@ class Pruner(widgets.VBox):
             b = self.test.batch([i])
             x = b["image"].float()
             x = x / 255.0 if x.max() > 1.5 else x
-            with torch.no_grad():
-                target = self.model(x).argmax(-1)
+            was = self.model.training  # a model straight from fit is in training mode: BatchNorm
+            self.model.eval()            # would refuse one image (and update its statistics)
+            try:
+                with torch.no_grad():
+                    target = self.model(x).argmax(-1)
+            finally:
+                self.model.train(was)
             atts = {name: attribute(m, x, target=target, method=self.method).smoothed(1.0)
                     for name, m in (("original", self.model), ("pruned", self.pruned()))}
             fig = attribution_grid(x, atts, masks=b.get("masks") or None, structures=self.structures or None,
