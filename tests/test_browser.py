@@ -258,3 +258,72 @@ def test_concept_explorer_in_jupyterlab(lab, tmp_path):
             _fail(page, shots, "concepts")
         finally:
             browser.close()
+
+
+PRUNER_CELLS = [
+    "import torch, workbench as wb\n"
+    "from workbench.widgets import pruner\n"
+    "torch.manual_seed(0)\n"
+    "data = wb.data.load('phantom', split='test', n=16, size=32, progress=False)\n"
+    "model = wb.models.create('resnet18', num_classes=2, img_size=32, in_chans=1)\n"
+    "history = wb.fit(model, data, epochs=1, batch_size=16, progress=False)  # left in training mode, as in notebook 06",
+    "pruner(model, data, data, ratio=0.5, criteria=('gradient_x_activation', 'weight_magnitude'))",
+]
+
+
+def _params_ratio(text: str) -> float:
+    import re
+
+    m = re.search(r"params\s+([0-9.]+)x", text)
+    assert m, f"no params ratio in the pruner's metrics: {text!r}"
+    return float(m.group(1))
+
+
+def test_pruner_in_jupyterlab(lab, tmp_path):
+    """The pruner in a real JupyterLab on a CNN straight from fit: typing a higher ratio into the
+    slider's readout redraws the maps and shrinks the parameter ratio; picking another criterion in
+    the dropdown redraws the maps."""
+    import nbformat
+    from playwright.sync_api import sync_playwright
+
+    url, root = lab
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in PRUNER_CELLS])
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nbformat.write(nb, root / "pruner.ipynb")
+    shots = ROOT / "outputs" / "browser"
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            _run_all(page, url.replace(NOTEBOOK, "pruner.ipynb"))
+            widget = page.locator(".wb-pruner")
+            widget.wait_for(state="visible", timeout=300_000)
+            img = page.locator(".wb-pruner .wb-prune-maps").first
+            metrics = page.locator(".wb-pruner .wb-prune-metrics").first
+            page.wait_for_function("(el) => el.getAttribute('src') && el.naturalWidth > 0", arg=img.element_handle(),
+                                   timeout=60_000)
+            widget.scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "pruner_before.png"), full_page=False)
+            text0, src0 = metrics.inner_text(), img.get_attribute("src")
+            assert "AUC pruned" in text0, text0  # not the widget's error line
+            readout = page.locator(".wb-pruner .wb-prune-ratio .widget-readout").first
+            readout.fill("0.8")
+            readout.press("Enter")
+            page.wait_for_function("([el, old]) => el.getAttribute('src') !== old && el.naturalWidth > 0",
+                                   arg=[img.element_handle(), src0], timeout=120_000)
+            page.wait_for_function("([el, old]) => el.innerText !== old", arg=[metrics.element_handle(), text0],
+                                   timeout=60_000)
+            text1, src1 = metrics.inner_text(), img.get_attribute("src")
+            assert "AUC pruned" in text1 and _params_ratio(text1) < _params_ratio(text0), (text0, text1)
+            page.screenshot(path=str(shots / "pruner_ratio.png"), full_page=False)
+            page.locator(".wb-pruner .wb-prune-criterion select").first.select_option("weight_magnitude")
+            page.wait_for_function("([el, old]) => el.getAttribute('src') !== old && el.naturalWidth > 0",
+                                   arg=[img.element_handle(), src1], timeout=120_000)
+            assert "AUC pruned" in metrics.inner_text(), metrics.inner_text()
+            page.screenshot(path=str(shots / "pruner_criterion.png"), full_page=False)
+            _assert_no_errors(page)
+        except Exception:
+            _fail(page, shots, "pruner")
+        finally:
+            browser.close()

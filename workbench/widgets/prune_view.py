@@ -5,8 +5,8 @@ shows the pruned model's AUC next to the original's, its parameter and latency r
 relevance maps of both models side by side on one test image with the anatomy outlined. Scores are
 computed once per (criterion, unit) and pruned models, metrics and maps once per (criterion, unit,
 ratio[, image]), so moving back to a setting is instant. Stable DOM handles for browser tests: the
-container has the CSS class ``wb-pruner``, the maps image ``wb-prune-maps`` and the metrics
-``wb-prune-metrics``.
+container has the CSS class ``wb-pruner``, the maps image ``wb-prune-maps``, the metrics
+``wb-prune-metrics`` and each control ``wb-prune-<name>`` (ratio, criterion, unit, index).
 """
 from __future__ import annotations
 
@@ -67,6 +67,8 @@ class Pruner(widgets.VBox):
         c["unit"] = widgets.Dropdown(options=kinds, value=unit or kinds[0], description="unit")
         c["index"] = widgets.IntSlider(value=0, min=0, max=max(0, len(test) - 1), description="image",
                                        continuous_update=False)
+        for name, w in c.items():
+            w.add_class(f"wb-prune-{name}")
         self.controls = c
         self.image = widgets.Image(format="png", layout=widgets.Layout(width="520px"))
         self.image.add_class("wb-prune-maps")
