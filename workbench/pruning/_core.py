@@ -14,11 +14,9 @@ scores on the two halves are rank-correlated (Spearman).
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -15,7 +15,7 @@ raises with what was found; use ``lrp`` (the closest relevance-propagation crite
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn

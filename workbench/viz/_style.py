@@ -213,6 +213,17 @@ def figsize(width: float, height: float) -> tuple[float, float]:
     return (width * k, height * k)
 
 
+def axes(ax: Any, width: float, height: float) -> tuple[Any, Any]:
+    """``(figure, ax)``: the given axes and their figure, or a new styled figure of that size."""
+    import matplotlib.pyplot as plt
+
+    if ax is not None:
+        return ax.figure, ax
+    with rc():
+        fig, ax = plt.subplots(figsize=figsize(width, height))
+    return fig, ax
+
+
 def colours(n: int) -> list[str]:
     """``n`` colour-blind-safe colours of the active style's palette (cycling when n exceeds it)."""
     s = active()

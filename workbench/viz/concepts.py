@@ -6,16 +6,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from .._checks import check_result
-from ._style import colours, figsize as _figsize, rc, structure_colours, styled
+from ._style import axes, colours, figsize as _figsize, rc, structure_colours, styled
 
 
-def _axes(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        fig, ax = plt.subplots(figsize=_figsize(*figsize))
-        return fig, ax
-    return ax.figure, ax
+def _axes(ax: Any, size: tuple[float, float]) -> tuple[Any, Any]:
+    return axes(ax, *size)
 
 
 def _target(pred: Any, index: int, target: int | str | None) -> int:
@@ -46,7 +41,6 @@ def contribution_bars(pred: Any, index: int = 0, ax: Any = None, *, target: int 
         The matplotlib Figure.
     """
     check_result(pred, ("probs", "contributions", "names"), "a ConceptPrediction (workbench.concepts.predict / intervene)")
-    import matplotlib.pyplot as plt
 
     c = _target(pred, index, target)
     contrib = pred.contributions[index, c].numpy()
@@ -71,7 +65,6 @@ def contribution_bars(pred: Any, index: int = 0, ax: Any = None, *, target: int 
 @styled
 def class_bars(pred: Any, index: int = 0, ax: Any = None, **style: Any) -> Any:
     """Bars of the class probabilities of one image."""
-    import matplotlib.pyplot as plt
 
     p = pred.probs[index].numpy()
     with rc():
@@ -99,7 +92,6 @@ def concept_intervention_curves(curve: Any, ax: Any = None, *, metric: str = "ac
         The matplotlib Figure.
     """
     check_result(curve, ("orders", "steps", "accuracy"), "an InterventionCurve (workbench.concepts.intervention_curve)")
-    import matplotlib.pyplot as plt
 
     if metric not in ("accuracy", "auc"):
         raise ValueError(f"metric must be 'accuracy' or 'auc'; got {metric!r}.")
@@ -123,7 +115,6 @@ def concept_intervention_curves(curve: Any, ax: Any = None, *, metric: str = "ac
 def tcav_bars(result: Any, ax: Any = None, **style: Any) -> Any:
     """TCAV score per concept (mean +- sd over random sets) beside the random null; * marks p < alpha."""
     check_result(result, ("table",), "a TCAVResult (workbench.concepts.tcav)")
-    import matplotlib.pyplot as plt
 
     t = result.table
     with rc():
@@ -187,7 +178,6 @@ def concept_map(maps: Any, index: int = 0, concept: int | str = 0, ax: Any = Non
         The matplotlib Figure.
     """
     check_result(maps, ("maps", "names", "method"), "ConceptMaps (workbench.concepts.concept_maps)")
-    import matplotlib.pyplot as plt
 
     from .overlays import outline_masks
 

@@ -9,17 +9,11 @@ import numpy as np
 import pandas as pd
 
 from .._checks import check_result
-from ._style import colours, figsize as _figsize, rc, structure_colours, styled
+from ._style import axes, colours, figsize as _figsize, rc, structure_colours, styled
 
 
-def _axes(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
-    import matplotlib.pyplot as plt
-
-    if ax is not None:
-        return ax.figure, ax
-    with rc():
-        fig, ax = plt.subplots(figsize=_figsize(*figsize))
-    return fig, ax
+def _axes(ax: Any, size: tuple[float, float]) -> tuple[Any, Any]:
+    return axes(ax, *size)
 
 
 @styled

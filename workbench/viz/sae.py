@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .._checks import check_result
-from ._style import colours, figsize as _figsize, rc, structure_colours, styled
+from ._style import axes, colours, figsize as _figsize, rc, structure_colours, styled
 
 __all__ = ["sae_training", "latent_rgb", "latent_heatmap", "latent_grid", "atlas_bars", "atlas_matrix",
            "class_latent_bars", "intervention_curves"]
@@ -21,14 +21,8 @@ __all__ = ["sae_training", "latent_rgb", "latent_heatmap", "latent_grid", "atlas
 HEAT_CMAP = "inferno"
 
 
-def _axes(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
-    import matplotlib.pyplot as plt
-
-    if ax is not None:
-        return ax.figure, ax
-    with rc():
-        fig, ax = plt.subplots(figsize=_figsize(*figsize))
-    return fig, ax
+def _axes(ax: Any, size: tuple[float, float]) -> tuple[Any, Any]:
+    return axes(ax, *size)
 
 
 @styled

@@ -25,6 +25,17 @@ def png_bytes(rgb: np.ndarray, min_size: int = 0) -> bytes:
     return buf.getvalue()
 
 
+def show_error(widget: Any, err: Exception, what: str, target: Any = None) -> None:
+    """A redraw's exception shown in the widget (``target``, default its ``status`` line) and logged,
+    not raised into the event loop; ``widget.last_error`` keeps it (the tests read it)."""
+    import logging
+
+    widget.last_error = f"{type(err).__name__}: {err}"
+    logging.getLogger(type(widget).__module__).warning("%s failed: %s", what, widget.last_error)
+    (target if target is not None else widget.status).value = (
+        f"<span style='color:#CC3311'>{html.escape(widget.last_error)}</span>")
+
+
 class ExportView:
     """Mixin of the widgets' export button: saves ``self.figure()`` with ``self.params()`` in the sidecar.
 

@@ -32,7 +32,7 @@ try:
 except ImportError as e:  # pragma: no cover - ipywidgets is a core dependency
     raise ImportError("workbench.widgets needs ipywidgets>=8: pip install ipywidgets") from e
 
-from workbench.widgets._common import ExportView
+from workbench.widgets._common import ExportView, show_error
 from workbench.widgets._common import png_bytes as _png
 
 log = logging.getLogger(__name__)
@@ -305,9 +305,7 @@ class ConceptExplorer(ExportView, widgets.VBox):
             self._fail(err)
 
     def _fail(self, err: Exception) -> None:
-        self.last_error = f"{type(err).__name__}: {err}"
-        log.warning("concept explorer failed: %s", self.last_error)
-        self.status.value = f"<span style='color:#CC3311'>{html.escape(self.last_error)}</span>"
+        show_error(self, err, "concept explorer")
 
     def figure(self) -> Any:
         """The current view as a matplotlib Figure (``workbench.viz.concepts.concept_panel``)."""

@@ -24,7 +24,7 @@ try:
 except ImportError as e:  # pragma: no cover - ipywidgets is a core dependency
     raise ImportError("workbench.widgets needs ipywidgets>=8: pip install ipywidgets") from e
 
-from workbench.widgets._common import ExportView
+from workbench.widgets._common import ExportView, show_error
 from workbench.widgets._common import png_bytes as _png
 
 log = logging.getLogger(__name__)
@@ -227,9 +227,7 @@ class LatentBrowser(ExportView, widgets.VBox):
             self.last_error = None
             self.status.value = f"<span>{html.escape(str(p['id']))} · latent {lat} · layer {html.escape(p['layer'])}</span>"
         except Exception as e:  # shown in the widget, not raised into the event loop
-            self.last_error = f"{type(e).__name__}: {e}"
-            log.warning("latent browser redraw failed: %s", self.last_error)
-            self.status.value = f"<span style='color:#CC3311'>{html.escape(self.last_error)}</span>"
+            show_error(self, e, "latent browser redraw")
 
     def figure(self) -> Any:
         """The current view as a matplotlib Figure (``workbench.viz.latent_heatmap``)."""

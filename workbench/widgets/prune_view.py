@@ -17,6 +17,8 @@ from typing import Any, Sequence
 
 import torch
 
+from workbench.widgets._common import show_error
+
 try:
     import ipywidgets as widgets
 except ImportError as e:  # pragma: no cover - ipywidgets is a core dependency
@@ -169,9 +171,7 @@ class Pruner(widgets.VBox):
             ) + "</table>"
             self.last_error = None
         except Exception as e:  # shown in the widget, not raised into the event loop
-            self.last_error = f"{type(e).__name__}: {e}"
-            log.warning("pruner redraw failed: %s", self.last_error)
-            self.metrics.value = f"<span style='color:#CC3311'>{html.escape(self.last_error)}</span>"
+            show_error(self, e, "pruner redraw", self.metrics)
 
 
 def pruner(model: torch.nn.Module, calibration: Any, test: Any, *, ratio: float = 0.5,
