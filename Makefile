@@ -7,6 +7,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.14.1 torchvision==0.29.1
+# the suite runs on every core (pytest-xdist; each worker uses one torch thread, tests/conftest.py)
+XDIST ?= -n auto --dist worksteal
 OUT ?= outputs/demo
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.workbench-installed
@@ -33,7 +35,7 @@ browser:
 		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "could not install chromium"; fi
 
 test: $(STAMP) browser
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs
