@@ -6,7 +6,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ORDER = ["setup", "train", "train_gpu", "phantom", "attention", "communities", "communities_gpu", "attribution",
-         "attribution_gpu", "evaluation", "lesions", "pruning", "concepts", "scale", "validation"]
+         "attribution_gpu", "evaluation", "lesions", "sae_models", "sae_caching", "sae_memory", "sae_speed", "sae_quality",
+         "sae_atlas", "sae_shortcut", "concepts", "pruning", "pruning_speed", "pruning_quality", "scale", "validation",
+         "notebooks"]
 
 HEADER = """# Benchmarks
 
@@ -28,9 +30,11 @@ run on a lent NVIDIA H100 machine with `--device cuda`.
 | `bench_attribution.py` | cost per attribution method vs forward+backward; agreement with pytorch-grad-cam |
 | `bench_evaluation.py` | method x metric table on the phantom; shortcut exposure; real-CXR budgets |
 | `bench_lesions.py` | every attribution method on real lesions (BUSI ultrasound) and the phantom's nodules; baselines; mask-guided training; cost of the new methods; burnt-in marks audit |
+| `bench_sae.py` | SAE activation caching vs the truncated-forward floor; memory while training from a store; training tokens/s vs the GEMM floor and saev / Overcomplete / SAELens; FVU, L0, dead latents, spliced AUC; latent atlas (phantom, real CXR); confounder search and Mammo-SAE interventions |
 | `bench_concepts.py` | CBM vs black box, concept AUCs, intervention curves; TCAV significance with/without a shortcut, agreement and cost vs captum; site repair without training; CBM training throughput; explorer redraw |
 | `bench_pruning.py` | pruned size/speed; AUC vs ratio per criterion (peers: Torch-Pruning magnitude/Taylor); explanations after pruning; shortcut removal; scoring cost |
 | `bench_scale.py` | lazy 20,000-PNG folder: memory while iterating, fit throughput lazy vs in memory; `workbench explain` under torchrun vs one process; CheXmask decoding speed |
+| `bench_notebooks.py` | each notebook's time in the suite, the quickstart's first overlay with and without the demo's checkpoint, full-setting runs, fresh-clone `make test` |
 | `bench_validation.py` | bad inputs over the public API (clear / unclear / silently wrong, before and after the checks); cost of the checks vs a batch-1 forward |
 """
 
