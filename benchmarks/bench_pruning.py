@@ -14,7 +14,10 @@ Prints markdown tables and writes them to benchmarks/tables/pruning.md (--out):
    inside the device masks removed (remove="highest"); audit gap and test AUC before/after;
 5. cost of scoring --n-calib calibration images as a ratio to one forward+backward per image.
 
-Trained models are cached under $WORKBENCH_DATA/bench_models/pruning_<recipe>.
+Trained models are cached under $WORKBENCH_DATA/bench_models/pruning_<recipe>; the phantom ViT is
+bench_sae.py's ``sae_vit64_clean`` when that exists (the same recipe: vit_tiny depth 4, width 96,
+patch 8, 64 px, 8,000 images x 10 epochs, batch 64, lr 5e-4, seed 0; it also stops early on
+validation AUC), so the two benchmarks share one training run.
 Run: flock /work/heavy.lock python benchmarks/bench_pruning.py [--parts ...] [--quick]
 """
 from __future__ import annotations
@@ -58,6 +61,10 @@ def trained(recipe: str, args: argparse.Namespace) -> tuple[torch.nn.Module, dic
     """A trained model for ``recipe``, from the cache when present."""
     path = cache_dir() / f"pruning_{recipe}" / "model"
     data = datasets(recipe, args)
+    shared = cache_dir() / "sae_vit64_clean" / "model"  # bench_sae.py's phantom ViT: the same recipe
+    if (recipe == "vit_phantom" and not path.with_suffix(".safetensors").exists() and args.size == 64
+            and args.n_train_vit == 8000 and args.vit_epochs == 10 and shared.with_suffix(".safetensors").exists()):
+        return wb.models.load(shared), data
     if path.with_suffix(".safetensors").exists():
         return wb.models.load(path), data
     t0 = time.perf_counter()
