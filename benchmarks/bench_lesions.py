@@ -116,8 +116,9 @@ def train_or_load(arch: str, data: str, seed: int = 0, *, epochs: int = 30, guid
     """A cached model (``cache_dir()/<key>``) or a freshly trained one, saved there.
 
     data: "busi" (README recipe: 30 epochs, early stopping 10 on val AUC, RandomAffine) or "phantom"
-    (bench_evaluation's recipe: abnormal at 64 px, ResNet-18 on 3000 images / the ViT on 10000, 10
-    epochs, batch 16) or "phantom_shortcut" (ResNet-18 on 2000 images with the planted device shortcut).
+    (abnormal at 64 px: bench_pruning's resnet18_phantom and bench_sae's sae_vit64_clean, shared with
+    those benchmarks; bench_evaluation's recipe, ResNet-18 on 3000 images / the ViT on 10000, 10
+    epochs, batch 16, only when the ViT is not cached) or "phantom_shortcut" (ResNet-18 on 2000 images with the planted device shortcut).
     """
     tag = f"guide-{'+'.join(guide) if isinstance(guide, (list, tuple)) else guide}-{guide_weight:g}" if guide else "plain"
     px = SIZE if data == "busi" else PH_SIZE
@@ -125,6 +126,7 @@ def train_or_load(arch: str, data: str, seed: int = 0, *, epochs: int = 30, guid
     path = cache_dir() / key
     if path.with_suffix(".safetensors").is_file():
         return wb.models.load(path).eval(), key
+    t0 = time.time()
     shared = cache_dir().parent / "sae_vit64_clean" / "model"
     if (data, arch, epochs, guide, quick) == ("phantom", "vit_tiny", 10, None, False) \
             and shared.with_suffix(".safetensors").is_file():
@@ -132,9 +134,19 @@ def train_or_load(arch: str, data: str, seed: int = 0, *, epochs: int = 30, guid
         # early stopping on validation AUC): one training run instead of a second, 10,000-image one
         log(f"{key}: using bench_sae's sae_vit64_clean (the demo's recipe) instead of training")
         return wb.models.load(shared).eval(), "sae_vit64_clean"
+    if (data, arch, epochs, guide, quick) == ("phantom", "resnet18", 10, None, False):
+        # the phantom CNN control is bench_pruning.py's resnet18_phantom (2,000 images x 4 epochs,
+        # batch 64, lr 1e-3, seed 0): one training run for both benchmarks, a quarter of the CPU time
+        shared = cache_dir().parent / "pruning_resnet18_phantom" / "model"
+        if not shared.with_suffix(".safetensors").is_file():
+            torch.manual_seed(0)
+            model = wb.models.create("resnet18", num_classes=2, img_size=PH_SIZE, in_chans=1)
+            wb.fit(model, phantom("train", 2000), epochs=4, batch_size=64, lr=1e-3, seed=0, progress=False)
+            wb.models.save(model, shared)
+            log(f"{key}: trained bench_pruning's resnet18_phantom recipe in {time.time() - t0:.0f} s")
+        return wb.models.load(shared).eval(), "pruning_resnet18_phantom"
     r = RECIPES[arch]
     gkw = dict(guide_masks=guide, guide_weight=guide_weight) if guide else {}
-    t0 = time.time()
     torch.manual_seed(seed)
     if data == "busi":
         train, val = busi("train"), busi("val")
