@@ -591,7 +591,7 @@ def report(args) -> str:
              "and 20 normal) at 128 px, 3 classes; ResNet-18 and a small ViT (patch 8, depth 4, width 96) trained "
              "with the README's recipe (30 epochs, early stopping 10 on validation AUC, RandomAffine; the 19 "
              "label_conflict images dropped). Maps explain the true class. Control: the phantom's nodule-only test "
-             "images (64 px, target abnormal; bench_evaluation's models). Pointing game: ties as fraction, raw and "
+             "images (64 px, target abnormal; ResNet-18: bench_pruning's resnet18_phantom, 2,000 images x 4 epochs; ViT: bench_sae's sae_vit64_clean, the demo's recipe). Pointing game: ties as fraction, raw and "
              f"with a tolerance of {TOL} px at 128 px ({PH_TOL} px at 64 px; Zhang et al.'s 15 px at 224 px, scaled); "
              "mass = share of positive relevance inside the lesion; IoU of the top 5 % of pixels; deletion AUC "
              "(MoRF, blur fill, 16 steps, probability of the target; lower is better). Means with 95 % bootstrap "
