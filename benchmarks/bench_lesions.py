@@ -251,7 +251,7 @@ def stage_train(args) -> None:
 
 def _models(args) -> dict:
     out = {}
-    for data in ("busi", "phantom"):
+    for data in args.data:
         for arch in args.archs:
             ep = (2 if args.quick else 30) if data == "busi" else (1 if args.quick else 10)
             out[(data, arch)] = train_or_load(arch, data, 0, epochs=ep, quick=args.quick)[0]
@@ -693,6 +693,8 @@ def main() -> None:
     p.add_argument("--stages", nargs="+", default=["train", "methods", "baselines", "cost", "audit", "guided"])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--archs", nargs="+", default=["resnet18", "vit_tiny"])
+    p.add_argument("--data", nargs="+", default=["busi", "phantom"], choices=["busi", "phantom"],
+                   help="methods: the data sets to score (busi lesions, the phantom's nodules)")
     p.add_argument("--methods", nargs="*", default=None)
     p.add_argument("--n-slow", type=int, default=32)
     p.add_argument("--n-faith", type=int, default=32)
