@@ -335,7 +335,7 @@ def stage_baselines(args) -> None:
     rows = []
     for (data, arch), model in models.items():
         ev = sets[data]
-        n = 4 if args.quick else len(ev["target"])
+        n = 4 if args.quick else min(args.n_base or len(ev["target"]), len(ev["target"]))
         for method in ("integrated_gradients", "deeplift", "gradient_shap"):
             if method == "deeplift" and arch.startswith("vit"):
                 continue
@@ -355,7 +355,7 @@ def stage_baselines(args) -> None:
                     rows.append(r)
                 log(f"baselines {data}/{arch}/{method}/{bl}: pointing {rows[-1]['pointing']:.3f} mass {rows[-1]['mass']:.3f}")
                 save_part("baselines", pd.DataFrame(rows))
-    save_part("baselines", pd.DataFrame(rows), f"n_faith={args.n_faith}")
+    save_part("baselines", pd.DataFrame(rows), f"n_faith={args.n_faith}, n_base={args.n_base or 'all'}")
 
 
 def stage_guided(args) -> None:
@@ -698,6 +698,7 @@ def main() -> None:
     p.add_argument("--methods", nargs="*", default=None)
     p.add_argument("--n-slow", type=int, default=32)
     p.add_argument("--n-faith", type=int, default=32)
+    p.add_argument("--n-base", type=int, default=None, help="baselines: the first N lesion / nodule images (all)")
     p.add_argument("--n-phantom", type=int, default=40)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--guide-weight", type=float, default=1.0)

@@ -157,6 +157,23 @@ def test_fit_trains_a_cbm_with_missing_concept_labels():
     assert torch.isfinite(cbm.source_class_means()[labels.unique()]).all()
 
 
+def test_fit_gives_the_task_head_its_own_learning_rate():
+    """A CBM's task head (K x C on [0, 1] probabilities) trains at head_lr x fit's lr; the rest at lr."""
+    from workbench.train import _param_groups
+
+    cbm = wc.create(TinyCNN(), concepts=NAMES, num_classes=4, head_lr=10.0)
+    groups = _param_groups(cbm, 0.05, 1e-3)
+    head = {id(p) for p in cbm.task_head.parameters()}
+    for g in groups:
+        in_head = {id(p) in head for p in g["params"]}
+        assert len(in_head) == 1, "a group mixes the head with other parameters"
+        assert g["lr"] == pytest.approx(1e-2 if in_head.pop() else 1e-3)
+    assert sum(len(g["params"]) for g in groups) == len([p for p in cbm.parameters() if p.requires_grad])
+    assert cbm.workbench_config["head_lr"] == 10.0
+    with pytest.raises(ValueError, match="head_lr"):
+        wc.create(TinyCNN(), concepts=NAMES, num_classes=4, head_lr=0)
+
+
 # ------------------------------------------------------------------------------- predict, intervene
 def test_predict_contributions_add_up_linear_and_mlp():
     for head in ("linear", "mlp"):

@@ -84,13 +84,19 @@ def _loss_fn(task: str, weights: torch.Tensor | None) -> Callable[[torch.Tensor,
     return lambda logits, y: F.cross_entropy(logits.float(), y.long(), weight=weights)
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+def _param_groups(model: torch.nn.Module, weight_decay: float, lr: float) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases, norms and position embeddings; a model may scale the
+    learning rate of some parameters with ``lr_scale(name) -> float`` (a concept bottleneck's small
+    task head learns 10x faster than its backbone)."""
+    scale = getattr(model, "lr_scale", None)
+    groups: dict[tuple[bool, float], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith((".bias", "pos_embed", "cls_token", "reg_token")) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decay = not (p.ndim <= 1 or name.endswith((".bias", "pos_embed", "cls_token", "reg_token")))
+        groups.setdefault((decay, float(scale(name)) if callable(scale) else 1.0), []).append(p)
+    return [{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr": lr * mult}
+            for (decay, mult), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]
 
 
 def _schedule(plan: dict[str, int], warmup: int) -> Callable[[int], float]:
@@ -271,7 +277,7 @@ def fit(model: torch.nn.Module, train: Any, val: Any = None, *, epochs: int = 10
         objective = trained
     steps_per_epoch = src.num_batches(drop_last=True, world=dist.world_size)
     total = steps_per_epoch * epochs
-    opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999),
+    opt = torch.optim.AdamW(_param_groups(model, weight_decay, lr), lr=lr, betas=(0.9, 0.999),
                             foreach=True if dev.type != "mps" else None)
     plan = {"total": total, "epochs": epochs}
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(plan, max(1, int(warmup * total))))
