@@ -316,7 +316,7 @@ def cases_figure(models: dict, busi_test, per: pd.DataFrame) -> None:
     if "gradcam" != best:
         atts["gradcam"] = wb.attribute(model, b["image"], target=b["label"], method="gradcam")
     fig = wb.viz.attribution_grid(b["image"], atts, masks={"lesion": b["masks"]["lesion"]})
-    fig.suptitle(f"BUSI test, ResNet-18: 4 best and 4 worst cases of {best} (lesion outlined)", fontsize=8)
+    fig.suptitle(f"BUSI test, ResNet-18: 4 best and 4 worst cases of {best} (lesion outlined)", fontsize=8, y=1.06)
     out = ROOT / "benchmarks" / "figures"
     out.mkdir(exist_ok=True)
     wb.viz.save_figure(fig, out / "lesions_cases", formats=("png",), params={"method": best, "ids": [int(i) for i in pick]})
