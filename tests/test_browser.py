@@ -6,6 +6,7 @@ outputs/browser/ (git-ignored) for a human to look at.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -112,6 +113,31 @@ def _fail(page, shots: Path, name: str) -> None:
     raise AssertionError(f"browser test failed; screenshot in {shots}; cell outputs: {texts}")
 
 
+@contextlib.contextmanager
+def _widget_notebook(lab, name: str, cells: list[str]):
+    """Write ``cells`` as NAME.ipynb in the lab's folder, open it in Chromium and run all cells;
+    yields ``(page, shots)``. A failure in the block saves a screenshot and raises with the outputs."""
+    import nbformat
+    from playwright.sync_api import sync_playwright
+
+    url, root = lab
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nbformat.write(nb, root / f"{name}.ipynb")
+    shots = ROOT / "outputs" / "browser"
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            _run_all(page, url.replace(NOTEBOOK, f"{name}.ipynb"))
+            yield page, shots
+        except Exception:
+            _fail(page, shots, name)
+        finally:
+            browser.close()
+
+
 def test_explorer_in_jupyterlab(lab, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -161,45 +187,28 @@ LATENTS_CELLS = [
 def test_latent_browser_in_jupyterlab(lab, tmp_path):
     """The SAE latent browser in a real JupyterLab: next image redraws the heatmap, picking one of
     the image's strongest latents redraws the top-image strip."""
-    import nbformat
-    from playwright.sync_api import sync_playwright
-
-    url, root = lab
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in LATENTS_CELLS])
-    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
-    nbformat.write(nb, root / "latents.ipynb")
-    shots = ROOT / "outputs" / "browser"
-    shots.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        try:
-            _run_all(page, url.replace(NOTEBOOK, "latents.ipynb"))
-            widget = page.locator(".wb-latents")
-            widget.wait_for(state="visible", timeout=300_000)
-            heat = page.locator(".wb-latents .wb-latent-heatmap").first
-            top = page.locator(".wb-latents .wb-latent-top").first
-            for img in (heat, top):
-                page.wait_for_function("(el) => el.getAttribute('src') && el.naturalWidth > 0",
-                                       arg=img.element_handle(), timeout=60_000)
-            widget.scroll_into_view_if_needed()
-            page.screenshot(path=str(shots / "latents_before.png"), full_page=False)
-            before = heat.get_attribute("src")
-            page.locator(".wb-latents .wb-latent-next").first.click()
-            page.wait_for_function("([el, old]) => el.getAttribute('src') !== old && el.naturalWidth > 0",
-                                   arg=[heat.element_handle(), before], timeout=60_000)
-            strip = top.get_attribute("src")
-            options = page.locator(".wb-latents .wb-latent-strongest select option")
-            assert options.count() >= 2, options.count()
-            page.locator(".wb-latents .wb-latent-strongest select").select_option(index=options.count() - 1)
-            page.wait_for_function("([el, old]) => el.getAttribute('src') !== old && el.naturalWidth > 0",
-                                   arg=[top.element_handle(), strip], timeout=60_000)
-            page.screenshot(path=str(shots / "latents_after.png"), full_page=False)
-            _assert_no_errors(page)
-        except Exception:
-            _fail(page, shots, "latents")
-        finally:
-            browser.close()
+    with _widget_notebook(lab, "latents", LATENTS_CELLS) as (page, shots):
+        widget = page.locator(".wb-latents")
+        widget.wait_for(state="visible", timeout=300_000)
+        heat = page.locator(".wb-latents .wb-latent-heatmap").first
+        top = page.locator(".wb-latents .wb-latent-top").first
+        for img in (heat, top):
+            page.wait_for_function("(el) => el.getAttribute('src') && el.naturalWidth > 0",
+                                   arg=img.element_handle(), timeout=60_000)
+        widget.scroll_into_view_if_needed()
+        page.screenshot(path=str(shots / "latents_before.png"), full_page=False)
+        before = heat.get_attribute("src")
+        page.locator(".wb-latents .wb-latent-next").first.click()
+        page.wait_for_function("([el, old]) => el.getAttribute('src') !== old && el.naturalWidth > 0",
+                               arg=[heat.element_handle(), before], timeout=60_000)
+        strip = top.get_attribute("src")
+        options = page.locator(".wb-latents .wb-latent-strongest select option")
+        assert options.count() >= 2, options.count()
+        page.locator(".wb-latents .wb-latent-strongest select").select_option(index=options.count() - 1)
+        page.wait_for_function("([el, old]) => el.getAttribute('src') !== old && el.naturalWidth > 0",
+                               arg=[top.element_handle(), strip], timeout=60_000)
+        page.screenshot(path=str(shots / "latents_after.png"), full_page=False)
+        _assert_no_errors(page)
 
 
 CONCEPT_CELLS = [
@@ -216,48 +225,31 @@ CONCEPT_CELLS = [
 def test_concept_explorer_in_jupyterlab(lab, tmp_path):
     """The concept explorer in a real JupyterLab: "present" on a concept intervenes (the class bars and
     the evidence map redraw), "reset" undoes it, "next" shows another image."""
-    import nbformat
-    from playwright.sync_api import sync_playwright
-
-    url, root = lab
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CONCEPT_CELLS])
-    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
-    nbformat.write(nb, root / "concepts.ipynb")
-    shots = ROOT / "outputs" / "browser"
-    shots.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        try:
-            _run_all(page, url.replace(NOTEBOOK, "concepts.ipynb"))
-            widget = page.locator(".wb-concepts")
-            widget.wait_for(state="visible", timeout=300_000)
-            img = page.locator(".wb-concepts .wb-concept-map").first
-            bars = page.locator(".wb-concepts .wb-class-bars").first
-            page.wait_for_function("(el) => el.getAttribute('src') && el.naturalWidth > 0", arg=img.element_handle(),
-                                   timeout=60_000)
-            widget.scroll_into_view_if_needed()
-            page.screenshot(path=str(shots / "concepts_before.png"), full_page=False)
-            classes0 = bars.inner_html()
-            src0 = img.get_attribute("src")
-            page.locator(".wb-concepts .wb-present-3").first.click()  # pneumothorax present
-            page.wait_for_function("([el, old]) => el.innerHTML !== old", arg=[bars.element_handle(), classes0],
-                                   timeout=60_000)
-            page.wait_for_function("([el, old]) => el.getAttribute('src') !== old && el.naturalWidth > 0",
-                                   arg=[img.element_handle(), src0], timeout=60_000)
-            assert "pneumothorax=1.00" in widget.inner_text()
-            page.screenshot(path=str(shots / "concepts_intervened.png"), full_page=False)
-            page.locator(".wb-concepts .wb-reset").first.click()
-            page.wait_for_function("([el, old]) => el.innerHTML === old", arg=[bars.element_handle(), classes0],
-                                   timeout=60_000)
-            page.locator(".wb-concepts .wb-next").first.click()
-            page.wait_for_function("([el, old]) => el.innerHTML !== old", arg=[bars.element_handle(), classes0],
-                                   timeout=60_000)
-            _assert_no_errors(page)
-        except Exception:
-            _fail(page, shots, "concepts")
-        finally:
-            browser.close()
+    with _widget_notebook(lab, "concepts", CONCEPT_CELLS) as (page, shots):
+        widget = page.locator(".wb-concepts")
+        widget.wait_for(state="visible", timeout=300_000)
+        img = page.locator(".wb-concepts .wb-concept-map").first
+        bars = page.locator(".wb-concepts .wb-class-bars").first
+        page.wait_for_function("(el) => el.getAttribute('src') && el.naturalWidth > 0", arg=img.element_handle(),
+                               timeout=60_000)
+        widget.scroll_into_view_if_needed()
+        page.screenshot(path=str(shots / "concepts_before.png"), full_page=False)
+        classes0 = bars.inner_html()
+        src0 = img.get_attribute("src")
+        page.locator(".wb-concepts .wb-present-3").first.click()  # pneumothorax present
+        page.wait_for_function("([el, old]) => el.innerHTML !== old", arg=[bars.element_handle(), classes0],
+                               timeout=60_000)
+        page.wait_for_function("([el, old]) => el.getAttribute('src') !== old && el.naturalWidth > 0",
+                               arg=[img.element_handle(), src0], timeout=60_000)
+        assert "pneumothorax=1.00" in widget.inner_text()
+        page.screenshot(path=str(shots / "concepts_intervened.png"), full_page=False)
+        page.locator(".wb-concepts .wb-reset").first.click()
+        page.wait_for_function("([el, old]) => el.innerHTML === old", arg=[bars.element_handle(), classes0],
+                               timeout=60_000)
+        page.locator(".wb-concepts .wb-next").first.click()
+        page.wait_for_function("([el, old]) => el.innerHTML !== old", arg=[bars.element_handle(), classes0],
+                               timeout=60_000)
+        _assert_no_errors(page)
 
 
 PRUNER_CELLS = [
@@ -283,47 +275,30 @@ def test_pruner_in_jupyterlab(lab, tmp_path):
     """The pruner in a real JupyterLab on a CNN straight from fit: typing a higher ratio into the
     slider's readout redraws the maps and shrinks the parameter ratio; picking another criterion in
     the dropdown redraws the maps."""
-    import nbformat
-    from playwright.sync_api import sync_playwright
-
-    url, root = lab
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in PRUNER_CELLS])
-    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
-    nbformat.write(nb, root / "pruner.ipynb")
-    shots = ROOT / "outputs" / "browser"
-    shots.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        try:
-            _run_all(page, url.replace(NOTEBOOK, "pruner.ipynb"))
-            widget = page.locator(".wb-pruner")
-            widget.wait_for(state="visible", timeout=300_000)
-            img = page.locator(".wb-pruner .wb-prune-maps").first
-            metrics = page.locator(".wb-pruner .wb-prune-metrics").first
-            page.wait_for_function("(el) => el.getAttribute('src') && el.naturalWidth > 0", arg=img.element_handle(),
-                                   timeout=60_000)
-            widget.scroll_into_view_if_needed()
-            page.screenshot(path=str(shots / "pruner_before.png"), full_page=False)
-            text0, src0 = metrics.inner_text(), img.get_attribute("src")
-            assert "AUC pruned" in text0, text0  # not the widget's error line
-            readout = page.locator(".wb-pruner .wb-prune-ratio .widget-readout").first
-            readout.fill("0.8")
-            readout.press("Enter")
-            page.wait_for_function("([el, old]) => el.getAttribute('src') !== old && el.naturalWidth > 0",
-                                   arg=[img.element_handle(), src0], timeout=120_000)
-            page.wait_for_function("([el, old]) => el.innerText !== old", arg=[metrics.element_handle(), text0],
-                                   timeout=60_000)
-            text1, src1 = metrics.inner_text(), img.get_attribute("src")
-            assert "AUC pruned" in text1 and _params_ratio(text1) < _params_ratio(text0), (text0, text1)
-            page.screenshot(path=str(shots / "pruner_ratio.png"), full_page=False)
-            page.locator(".wb-pruner .wb-prune-criterion select").first.select_option("weight_magnitude")
-            page.wait_for_function("([el, old]) => el.getAttribute('src') !== old && el.naturalWidth > 0",
-                                   arg=[img.element_handle(), src1], timeout=120_000)
-            assert "AUC pruned" in metrics.inner_text(), metrics.inner_text()
-            page.screenshot(path=str(shots / "pruner_criterion.png"), full_page=False)
-            _assert_no_errors(page)
-        except Exception:
-            _fail(page, shots, "pruner")
-        finally:
-            browser.close()
+    with _widget_notebook(lab, "pruner", PRUNER_CELLS) as (page, shots):
+        widget = page.locator(".wb-pruner")
+        widget.wait_for(state="visible", timeout=300_000)
+        img = page.locator(".wb-pruner .wb-prune-maps").first
+        metrics = page.locator(".wb-pruner .wb-prune-metrics").first
+        page.wait_for_function("(el) => el.getAttribute('src') && el.naturalWidth > 0", arg=img.element_handle(),
+                               timeout=60_000)
+        widget.scroll_into_view_if_needed()
+        page.screenshot(path=str(shots / "pruner_before.png"), full_page=False)
+        text0, src0 = metrics.inner_text(), img.get_attribute("src")
+        assert "AUC pruned" in text0, text0  # not the widget's error line
+        readout = page.locator(".wb-pruner .wb-prune-ratio .widget-readout").first
+        readout.fill("0.8")
+        readout.press("Enter")
+        page.wait_for_function("([el, old]) => el.getAttribute('src') !== old && el.naturalWidth > 0",
+                               arg=[img.element_handle(), src0], timeout=120_000)
+        page.wait_for_function("([el, old]) => el.innerText !== old", arg=[metrics.element_handle(), text0],
+                               timeout=60_000)
+        text1, src1 = metrics.inner_text(), img.get_attribute("src")
+        assert "AUC pruned" in text1 and _params_ratio(text1) < _params_ratio(text0), (text0, text1)
+        page.screenshot(path=str(shots / "pruner_ratio.png"), full_page=False)
+        page.locator(".wb-pruner .wb-prune-criterion select").first.select_option("weight_magnitude")
+        page.wait_for_function("([el, old]) => el.getAttribute('src') !== old && el.naturalWidth > 0",
+                               arg=[img.element_handle(), src1], timeout=120_000)
+        assert "AUC pruned" in metrics.inner_text(), metrics.inner_text()
+        page.screenshot(path=str(shots / "pruner_criterion.png"), full_page=False)
+        _assert_no_errors(page)
