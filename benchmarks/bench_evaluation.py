@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import workbench as wb  # noqa: E402
+from _tables import md  # noqa: E402
 from workbench.evaluation import (cohort_budget, deletion_insertion, pointing_game, randomisation_test,  # noqa: E402
                                   relevance_mass, relevance_rank_accuracy, subgroup_metrics)
 
@@ -48,17 +49,6 @@ DEFAULT_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "smoo
 SANITY = ("saliency", "input_x_gradient", "gradcam", "attention_rollout", "chefer")  # cheap enough to recompute
 
 
-def md(df: pd.DataFrame, digits: int = 3) -> str:
-    """A markdown table without extra dependencies (floats to ``digits`` decimals, NaN as '')."""
-    def cell(v) -> str:
-        if isinstance(v, (float, np.floating)):
-            return "" if np.isnan(v) else f"{v:.{digits}f}"
-        return "" if v is None else str(v)
-
-    cols = [" / ".join(str(x) for x in c if str(x)) if isinstance(c, tuple) else str(c) for c in df.columns]
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(out)
 
 
 CACHE: Path | None = None

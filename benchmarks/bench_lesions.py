@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import workbench as wb  # noqa: E402
+from _tables import md  # noqa: E402
 from workbench.evaluation import (deletion_insertion, pointing_game, relevance_mass,  # noqa: E402
                                   topk_iou)
 
@@ -564,15 +565,6 @@ def stage_audit(args) -> None:
 
 # --------------------------------------------------------------------------- report
 
-def md(df: pd.DataFrame, digits: int = 3) -> str:
-    def cell(v) -> str:
-        if isinstance(v, (float, np.floating)):
-            return "" if np.isnan(v) else f"{v:.{digits}f}"
-        return "" if v is None else str(v)
-
-    out = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(out)
 
 
 def ci(df: pd.DataFrame, k: str) -> pd.Series:

@@ -36,20 +36,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import workbench as wb  # noqa: E402
+from _tables import md  # noqa: E402
 from workbench.pruning.report import latency, size  # noqa: E402
 
 VIT = dict(patch_size=8, depth=4, embed_dim=96, num_heads=3)  # the demo's small ViT-tiny (README)
 
 
-def md(df: pd.DataFrame, digits: int = 3) -> str:
-    def cell(v):
-        if isinstance(v, (float, np.floating)):
-            return "" if np.isnan(v) else f"{v:.{digits}f}"
-        return "" if v is None else str(v)
-
-    out = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(out)
 
 
 def cache_dir() -> Path:
