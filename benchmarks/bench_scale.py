@@ -133,7 +133,7 @@ workers. Memory is the unique set size of the main process and its workers toget
 
 
 # ---------------------------------------------------------------------------------- fit
-def part_fit(folder: Path, rounds: int, n: int = 640) -> None:
+def part_fit(folder: Path, rounds: int, total: int, n: int = 640) -> None:
     torch.set_num_threads(2)
     mem = wb.data.load(folder, split=None, size=128, n=n, lazy=False)
     lazy = wb.data.load(folder, split=None, size=128, n=n, lazy=True)
@@ -155,7 +155,7 @@ def part_fit(folder: Path, rounds: int, n: int = 640) -> None:
     from workbench._train_data import resolve_workers
     write_section("fit on the lazy folder vs in memory", f"""_Machine: {machine()}._
 
-One epoch of the same {n} images (from the 20,000-PNG folder, resized to 128 px) per run: in memory
+One epoch of the same {n} images (from the {total:,}-PNG folder, resized to 128 px) per run: in memory
 (read at load time, batched by indexing) vs lazy (decoded and resized in {resolve_workers('auto')}
 DataLoader worker(s), `num_workers="auto"` on this 2-core machine); `History.images_per_s`
 (training time, reading included). {rounds} rounds, lazy and in-memory interleaved, medians.
@@ -348,7 +348,7 @@ def main() -> None:
         if "memory" in parts:
             part_memory(folder, args.n)
         if "fit" in parts:
-            part_fit(folder, args.rounds)
+            part_fit(folder, args.rounds, args.n)
         if "explain" in parts:
             part_explain(folder, args.explain_rounds)
     finally:

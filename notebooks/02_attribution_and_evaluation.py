@@ -171,8 +171,10 @@ print(wb.attribution.recommend(cnn, modality="radiograph"))
 # credit each pixel with its difference from the baseline, so with a black baseline a dark lesion
 # gets little credit whatever the model does; the workbench's baselines (`baseline="blur"`,
 # `"mean"`, `"uniform"`, or training images: `wb.attribution.baseline_set(train)`, expected
-# gradients) fix that. A small ResNet-18, then the recommended method next to integrated gradients
-# with the black and the default baseline, the lesion outlined. Skipped without `../shared/data`.
+# gradients) fix that; the blurred image is integrated gradients' and DeepLIFT's default (measured:
+# README, "Which method to trust"). A small ResNet-18, then the recommended method next to
+# integrated gradients with a black and with the default (blurred) baseline, the lesion outlined.
+# Skipped without `../shared/data`.
 
 # %%
 busi = None if root is None or not (root / "busi").is_dir() else root / "busi"
@@ -192,7 +194,7 @@ if busi is not None:
 if busi is not None:
     lesions = btest.batch(btest.mask_present["lesion"].nonzero().flatten()[:N_SHOW])
     explain = {"IG, black baseline": dict(method="integrated_gradients", baseline=0.0),
-               "IG, default baseline": dict(method="integrated_gradients"),
+               "IG, blurred baseline (default)": dict(method="integrated_gradients"),
                f"{rec.method} (recommended)": dict(method=rec.method, **rec.kwargs)}
     us_atts = {k: wb.attribute(us, lesions["image"], target=lesions["label"], **kw) for k, kw in explain.items()}
     fig = wb.viz.attribution_grid(lesions, us_atts, structures=["lesion"])

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import workbench.attribution as A
-from workbench.attribution import METHODS, Attribution, attribute, normalise, register_method
+from workbench.attribution import METHODS, Attribution, attribute, baseline_like, normalise, register_method
 from workbench.capture import hook_count
 
 VIT_ONLY = {"attention_rollout", "chefer"}
@@ -77,12 +77,16 @@ def test_every_method_shape_finite_no_hooks(models, method, channels):
         assert all(p.grad is None for p in m.parameters())
 
 
-def test_integrated_gradients_completeness(models):
+@pytest.mark.parametrize("baseline", [None, 0.0])
+def test_integrated_gradients_completeness(models, baseline):
+    """Sums to f(x) - f(reference), for the default reference (the blurred image) and for black."""
     m = models[("cnn", 1)]
     x = torch.rand(3, 1, 32, 32)
-    a = attribute(m, x, target=1, method="integrated_gradients", n_steps=64)
+    kw = {} if baseline is None else {"baseline": baseline}
+    a = attribute(m, x, target=1, method="integrated_gradients", n_steps=64, **kw)
+    assert str(a.params["baseline"]) == ("blur" if baseline is None else "0.0")
     with torch.no_grad():
-        gap = m(x)[:, 1] - m(torch.zeros_like(x))[:, 1]
+        gap = m(x)[:, 1] - m(baseline_like(x, "blur" if baseline is None else baseline))[:, 1]
     total = a.raw.sum((1, 2, 3))
     assert torch.allclose(total, gap, atol=1e-3 + 1e-2 * gap.abs().max().item())
     assert a.params["delta"].shape == (3,)
@@ -164,7 +168,8 @@ def test_bad_inputs(models):
 def test_deeplift_on_resnet_sums_to_delta(models):
     m = models[("cnn", 1)]
     x = torch.rand(2, 1, 32, 32)
-    a = attribute(m, x, target=0, method="deeplift")
+    assert attribute(m, x, target=0, method="deeplift").params["baseline"] == "blur"  # the default reference
+    a = attribute(m, x, target=0, method="deeplift", baseline=0.0)
     with torch.no_grad():
         gap = m(x)[:, 0] - m(torch.zeros_like(x))[:, 0]
     assert torch.allclose(a.raw.sum((1, 2, 3)), gap, atol=1e-3 + 1e-3 * gap.abs().max().item())

@@ -72,7 +72,7 @@ def test_saliency_and_ig_equal_captum():
     ours = attribute(m, x, target=t, method="saliency")
     theirs = Saliency(m).attribute(x, target=t)
     assert torch.allclose(ours.raw, theirs, atol=1e-6)
-    ours = attribute(m, x, target=t, method="integrated_gradients", n_steps=16)
+    ours = attribute(m, x, target=t, method="integrated_gradients", n_steps=16, baseline=0.0)
     theirs = IntegratedGradients(m).attribute(x, baselines=torch.zeros_like(x), target=t, n_steps=16)
     assert torch.allclose(ours.raw, theirs, atol=1e-6)
 

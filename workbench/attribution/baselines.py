@@ -8,7 +8,8 @@ Choices (``baseline=``):
 
 ==================  ===========================================================================
 ``0`` / ``"zero"``  black (captum's default)
-``"blur"``          the image blurred (Gaussian, sigma = H/16): anatomy without detail
+``"blur"``          the image blurred (Gaussian, sigma = H/16): anatomy without detail; the default
+                    of integrated gradients and DeepLIFT (measured: their docstrings)
 ``"mean"``          a constant image at the image's own mean intensity (per channel)
 ``"uniform"``       uniform noise in [0, 1] (seeded); methods draw ``n`` noise images
 a tensor            one reference per image, broadcastable to the images ``(B, C, H, W)``; moved
