@@ -61,6 +61,27 @@ def test_vit_store_with_register_tokens_has_manifest_shards_and_streams_every_to
     a, b = (torch.cat(list(store.batches(64, seed=s))) for s in (1, 2))
     assert not torch.equal(a, b)
     assert store.sample(50, seed=0).shape == (50, 32) and store.n_tokens == 380 and "blocks.0" in repr(store)
+    # batches and samples are read from the shard files (no memory map), and are the stored tokens
+    torch.testing.assert_close(torch.cat(list(store.batches(64, shuffle=False))), every, rtol=0, atol=0)
+    drawn = store.sample(50, seed=3)
+    assert all(bool((every == row).all(1).any()) for row in drawn) and len(drawn.unique(dim=0)) == 50
+
+
+def test_shard_rows_read_with_file_reads_equal_the_memory_map(tmp_path):
+    """ShardedArray.read (os.preadv, used by the SAE store so that a 2 GB store never stays in the
+    process's resident memory) returns exactly the memory-mapped rows: whole items, runs and scattered
+    rows, and items cut into rows (single tokens)."""
+    store = wb.sae.cache(tiny_vit(), tiny_data(), layer=0, out=tmp_path / "s", shard_size=7, batch_size=4,
+                         progress=False)
+    arr = store.job.array("acts")
+    mm = np.asarray(arr.block(1))   # shard 1: items 7..13, (7, 16, 32)
+    np.testing.assert_array_equal(arr.read(1, range(2, 6)), mm[2:6])
+    np.testing.assert_array_equal(arr.read(1, np.array([0, 1, 4, 6])), mm[[0, 1, 4, 6]])
+    rows = np.array([3, 4, 5, 40, 111])   # token rows: item 0 tokens 3-5, item 2 token 8, item 6 token 15
+    np.testing.assert_array_equal(arr.read(1, rows, unit=16), mm.reshape(-1, 32)[rows][:, None, :].reshape(5, 1, 32))
+    assert arr.read(1, range(0)).shape == (0, 16, 32)
+    with pytest.raises(ValueError, match="cannot cut"):
+        arr.read(1, [0], unit=5)
 
 
 def test_cnn_feature_map_store_and_an_sae_trained_from_it(tmp_path):

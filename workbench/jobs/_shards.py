@@ -375,6 +375,56 @@ def _rows_frame(rows: Any, shard: Shard) -> Any:
     return df
 
 
+def _npy_header(path: Path) -> tuple[int, np.dtype, tuple[int, ...]]:
+    """(data offset, dtype, shape) of a C-ordered ``.npy`` file."""
+    with open(path, "rb") as f:
+        major, _ = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        if fortran:
+            raise ValueError(f"{path} is Fortran-ordered; workbench shards are C-ordered.")
+        return f.tell(), np.dtype(dtype), tuple(shape)
+
+
+def read_npy_rows(path: Path, rows: Any, unit: int = 1) -> np.ndarray:
+    """Rows of the ``.npy`` file at ``path`` (its first axis, each item cut into ``unit`` equal rows)
+    read with ``os.preadv``, without a memory map: ``(len(rows), *row_shape)``. See ``ShardedArray.read``."""
+    offset, dtype, shape = _npy_header(path)
+    item = shape[1:]
+    if unit == 1:
+        row_shape = item
+    else:
+        if not item or item[0] % unit:
+            raise ValueError(f"cannot cut the items {item} of {path} into {unit} rows.")
+        row_shape = (item[0] // unit, *item[1:])
+    row_bytes = int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
+    if isinstance(rows, range):
+        runs, n = [(rows.start, len(rows))] if len(rows) else [], len(rows)
+    else:
+        idx = np.asarray(rows, dtype=np.int64)
+        n = len(idx)
+        cut = np.flatnonzero(np.diff(idx) != 1) + 1
+        firsts, lasts = np.concatenate([[0], cut]), np.concatenate([cut, [n]]) if n else np.zeros(0, np.int64)
+        runs = [(int(idx[a]), int(b - a)) for a, b in zip(firsts, lasts)] if n else []
+    out = np.empty((n, *row_shape), dtype)
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        pos = 0
+        for first, count in runs:
+            want, done = count * row_bytes, 0
+            while done < want:   # a regular file may still return less than asked
+                got = os.preadv(fd, [view[pos + done:pos + want]], offset + first * row_bytes + done)
+                if got <= 0:
+                    raise OSError(f"{path} ended early (rows {first}..{first + count - 1} asked); the shard is "
+                                  "damaged: delete its folder and run the job again to rewrite it.")
+                done += got
+            pos += want
+    finally:
+        os.close(fd)
+    return out
+
+
 class ShardedArray:
     """One array of a finished job, across its shards, memory-mapped (never read whole).
 
@@ -392,11 +442,28 @@ class ShardedArray:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def path(self, k: int) -> Path:
+        """The ``.npy`` file of shard k's rows of this array."""
+        return self.store.out / SHARD_DIR / _shard_name(k) / f"{self.name}.npy"
+
     def block(self, k: int) -> np.ndarray:
         """Shard k's rows of this array (a read-only memory map)."""
         if k not in self._maps:
-            self._maps[k] = np.load(self.store.out / SHARD_DIR / _shard_name(k) / f"{self.name}.npy", mmap_mode="r")
+            self._maps[k] = np.load(self.path(k), mmap_mode="r")
         return self._maps[k]
+
+    def read(self, k: int, rows: Any, *, unit: int = 1) -> np.ndarray:
+        """Rows of shard k read with positioned file reads (``os.preadv``) into a new array.
+
+        ``rows``: sorted indices (an int array) or a ``range``, counted in units of ``unit``
+        consecutive elements of the first axis's items flattened, so ``unit=per_image`` reads whole
+        items and ``unit=1`` with a per-token item size reads single tokens (see ``row_shape``).
+        Unlike a memory map this keeps no page of the file in this process: touching rows scattered
+        over a memory-mapped 2 GB store pulled all of it (the kernel reads ahead around each
+        touched page) into the process's resident memory, 2,020 MB for 65,536 random tokens.
+        Consecutive rows are read in one call.
+        """
+        return read_npy_rows(self.path(k), rows, unit)
 
     def blocks(self) -> Iterator[tuple[range, np.ndarray]]:
         for s in self.store.shards:

@@ -211,17 +211,16 @@ class ActivationStore:
         return out
 
     def _read(self, blocks: list[tuple[int, int, int]]) -> np.ndarray:
-        """The tokens of ``blocks`` as one (n, d) float16 array, filled block by block (memory maps
-        opened and closed here, so the store's pages never stay mapped in this process)."""
+        """The tokens of ``blocks`` as one (n, d) float16 array, filled block by block with file reads
+        (no memory map: the store's pages never count in this process's memory)."""
         arr = self.job.array("acts")
         n = sum(b - a for _, a, b in blocks) * self.per_image
         out = np.empty((n, self.d), np.float16)
         pos = 0
         for k, a, b in blocks:
             m = (b - a) * self.per_image
-            out[pos:pos + m] = arr.block(k)[a:b].reshape(m, self.d)
+            out[pos:pos + m] = arr.read(k, range(a, b)).reshape(m, self.d)
             pos += m
-        del arr
         return out
 
     def batches(self, batch_size: int, *, shuffle: bool = True, seed: int = 0, buffer_mb: float = 64.0,
@@ -276,11 +275,10 @@ class ActivationStore:
         starts = np.array([s["start"] for s in self.job.shards])
         out = np.empty((n, self.d), np.float16)
         shard_of = np.searchsorted(starts, img, side="right") - 1
-        for k in np.unique(shard_of):
+        for k in np.unique(shard_of):   # token rows read from the files: no page of the store stays mapped
             sel = shard_of == k
-            blk = arr.block(int(self.job.shards[int(k)]["shard"]))
-            out[sel] = blk[img[sel] - starts[k], tok[sel]]
-        del arr
+            rows = (img[sel] - starts[k]) * self.per_image + tok[sel]
+            out[sel] = arr.read(int(self.job.shards[int(k)]["shard"]), rows, unit=self.per_image).reshape(-1, self.d)
         x = torch.from_numpy(out).float()
         check_finite(x, f"the activations in {self.out}")
         return x
