@@ -177,6 +177,11 @@ def test_bad_input_is_refused_with_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="NaN or infinite values"):
         wb.sae.cache(broken, data, layer=0, out=tmp_path / "b", progress=False)
     assert hook_count(broken) == 0 and not (tmp_path / "b" / "manifest.json").exists()
+    huge = tiny_vit()
+    with torch.no_grad():
+        huge.blocks[0].mlp.fc2.bias.fill_(1e6)   # finite in float32, beyond float16
+    with pytest.raises(ValueError, match="beyond float16's range"):
+        wb.sae.cache(huge, data, layer=0, out=tmp_path / "h", progress=False)
     with pytest.raises(ValueError, match="tokens must be one of"):
         wb.sae.cache(model, data, layer=0, out=tmp_path / "c", tokens="cls", progress=False)
     resnet = wb.models.create("resnet18", num_classes=2, img_size=32, in_chans=1)

@@ -259,7 +259,7 @@ class Job:
             if x.ndim == 0 or x.shape[0] != m:
                 raise ValueError(f"array {name!r} has shape {x.shape} but shard {shard.index} covers {m} items; "
                                  f"pass one row per item ({m}, ...).")
-            if x.dtype.kind == "f":
+            if x.dtype.kind == "f" and x.dtype != self.dtype:
                 with np.errstate(over="ignore"):
                     y = x.astype(self.dtype)
                 overflow = np.isfinite(x) & ~np.isfinite(y)

@@ -186,7 +186,8 @@ def infer_layout(model: nn.Module, out: torch.Tensor, tokens: str = "patch") -> 
 def forward_to(model: nn.Module, images: torch.Tensor, layer: str) -> torch.Tensor:
     """The raw output of ``layer`` for ``images``, by a forward that stops right after it (no grad)."""
     was = model.training
-    model.eval()
+    if was:   # model.train()/eval() walk every module: only when the mode must change (cache calls this per batch)
+        model.eval()
     try:
         with torch.no_grad(), stop_after(model, layer) as rec:
             try:
@@ -194,7 +195,8 @@ def forward_to(model: nn.Module, images: torch.Tensor, layer: str) -> torch.Tens
             except StopForward:
                 pass
     finally:
-        model.train(was)
+        if was:
+            model.train(was)
     if "output" not in rec:
         raise ValueError(f"layer {layer!r} did not run during the model's forward; pick a layer on the path from "
                          "input to output (workbench.sae.layers.layer_names).")
