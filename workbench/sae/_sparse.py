@@ -134,7 +134,10 @@ def batch_topk_selection(pre: torch.Tensor, k: int) -> Selection:
     return Selection(r1, idx[r1, j1], cand[r1, j1], n)
 
 
-def positive_selection(pre: torch.Tensor, max_density: float = 0.05) -> Selection | None:
+MAX_DENSITY = 0.05   # above this share of active entries the dense step is faster
+
+
+def positive_selection(pre: torch.Tensor, max_density: float = MAX_DENSITY) -> Selection | None:
     """Every positive pre-activation (ReLU), or None when more than ``max_density`` of them are
     positive (then the dense step is faster)."""
     pos = pre > 0

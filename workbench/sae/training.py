@@ -18,6 +18,7 @@ from typing import Any, Iterator, NamedTuple, Protocol
 import torch
 
 from . import losses
+from ._sparse import MAX_DENSITY
 from .autoencoders import SAE, create
 
 
@@ -291,6 +292,7 @@ def train(store: Any, kind: str = "topk", expansion: float = 8, k: int | None = 
               "amp": use_amp}
     opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), eps=6.25e-10)
     sparse = dev.type == "cpu" and sparse_step
+    try_sparse = True
     warmup = max(1, min(1000, steps // 20))
     rows: list[dict[str, float]] = []
     seen, step, epoch = 0, 0, 0
@@ -308,9 +310,12 @@ def train(store: Any, kind: str = "topk", expansion: float = 8, k: int | None = 
                     g["lr"] = lr * _lr_factor(step, steps, warmup)
                 dead = sae.dead_mask(dead_after)
                 coef = l1_coef * min(1.0, (step + 1) / max(1, steps // 20)) if kind == "relu" else 0.0
-                res = _sparse_step(sae, xb, dead, aux_k if aux_coef else 0, coef) if sparse else None
+                # a dense step's density says whether the next batch is worth a sparse attempt: a failed
+                # attempt (ReLU early in training, half the latents active) costs one encoder product
+                res = _sparse_step(sae, xb, dead, aux_k if aux_coef else 0, coef) if sparse and try_sparse else None
                 if res is None:
                     res = _dense_step(sae, xb, dead, aux_k if aux_coef else 0, coef, dev, use_amp)
+                    try_sparse = float(res.active) <= MAX_DENSITY * xb.shape[0] * sae.d_sae
                 loss = res.rec + coef * res.l1 + aux_coef * res.aux
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
