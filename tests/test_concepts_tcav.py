@@ -56,6 +56,25 @@ def test_tcav_significance_on_a_planted_model():
     assert pooled.scores.shape == (1, 4) and pooled.table.loc["zero", "score"] > 0.9  # random pool: every image given
 
 
+@pytest.mark.parametrize("n, d", [(40, 300), (60, 2000)])
+def test_linear_probe_is_sklearns_logistic_regression(n, d):
+    """fit_probe solves the L2 logistic regression in the span of the examples when they are fewer
+    than the features (TCAV's case); its weights and bias are sklearn's LogisticRegression(C)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from workbench.concepts.cav import fit_probe
+
+    rng = np.random.default_rng(1)
+    pos, neg = rng.normal(0.3, 1.0, (n // 2, d)) * 2 + 1, rng.normal(0.0, 1.5, (n // 2, d))
+    for c in (1.0, 0.05):
+        w, b = fit_probe(pos, neg, c=c)
+        x = np.concatenate([pos, neg])
+        mu, sd = x.mean(0), x.std(0)
+        ref = LogisticRegression(C=c, max_iter=10_000, tol=1e-12).fit((x - mu) / sd, np.r_[np.ones(n // 2), np.zeros(n // 2)])
+        np.testing.assert_allclose(w, ref.coef_[0] / sd, rtol=1e-4, atol=1e-7)
+        assert b == pytest.approx(ref.intercept_[0] - (ref.coef_[0] * mu / sd).sum(), rel=1e-4, abs=1e-7)
+
+
 def test_tcav_scores_equal_captums_with_identical_cavs(tmp_path):
     """captum's TCAV fed our CAVs (a classifier that returns them) gives the same sign-count and magnitude
     scores for every experimental set, on a tiny ViT at a block's flattened tokens."""
