@@ -627,7 +627,7 @@ def report(args) -> str:
         lines += ["## Baselines", "",
                   "black = 0; blur = Gaussian sigma H/16; mean = the image's mean intensity; uniform = U(0, 1) noise "
                   "(seeded); train = 32 training images (expected gradients: IG draws n_steps (reference, alpha) pairs, "
-                  "DeepLIFT-SHAP 8 references, GradientSHAP samples them); zeros+blur = GradientSHAP's earlier default. "
+                  "DeepLIFT-SHAP 8 references, GradientSHAP samples them); zeros+blur = GradientSHAP's default. Deletion fills with the blurred image, which favours the blur reference by construction; pointing and mass do not. "
                   f"({note})", "", md(t), ""]
     gd, note = load_part("guided")
     if gd is not None and len(gd):

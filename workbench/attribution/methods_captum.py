@@ -88,8 +88,9 @@ def integrated_gradients(model: nn.Module, images: torch.Tensor, target: torch.T
 
     Why blur: measured by ``bench_lesions.py --stages baselines`` (ResNet-18, the first 24 BUSI
     test lesions and 24 phantom nodules, true class; pointing game / relevance mass in the lesion /
-    deletion AUC, lower is better): black 0.04 / 0.088 / 0.43 on BUSI and 0.21 / 0.041 / 0.44 on the
-    phantom; blur 0.25 / 0.165 / 0.05 and 0.54 / 0.096 / 0.04. Black cannot credit dark
+    deletion AUC, lower is better; deletion fills with the blurred image too, so it favours this
+    reference by construction, the other two do not): black 0.04 / 0.088 / 0.43 on BUSI and
+    0.21 / 0.041 / 0.44 on the phantom; blur 0.25 / 0.165 / 0.05 and 0.54 / 0.096 / 0.04. Black cannot credit dark
     (hypoechoic) lesions; mean and uniform fail on the phantom (pointing 0.00); training images
     (a ``BaselineSet``) match blur (0.25 / 0.170 and 0.50 / 0.110) at the cost of needing them.
     """
