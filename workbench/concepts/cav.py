@@ -199,26 +199,28 @@ def fit_probe(pos: np.ndarray, neg: np.ndarray, *, classifier: str = "logistic",
               seed: int = 0) -> tuple[np.ndarray, float]:
     """A linear probe separating ``pos`` (label 1) from ``neg`` (label 0): ``(w, b)`` in the input's
     units (standardisation folded back in), so ``x . w + b`` is the probe's logit."""
+    from threadpoolctl import threadpool_limits   # scikit-learn's dependency
+
     x = np.concatenate([pos, neg]).astype(np.float64)
     y = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
     mu, sd = x.mean(0), x.std(0)
     sd[sd < 1e-8] = 1.0
     xs = (x - mu) / sd
-    if classifier == "logistic" and len(xs) < xs.shape[1]:
-        from threadpoolctl import threadpool_limits   # scikit-learn's dependency
-
-        with threadpool_limits(1, user_api="blas"):   # small products: BLAS threads only spin on a busy CPU
+    # one BLAS thread: these products are small, and on a CPU busy with other jobs OpenBLAS's threads
+    # spin-wait (an sklearn probe over 6,144 features took 0.76-1.7 s instead of 37 ms)
+    with threadpool_limits(1, user_api="blas"):
+        if classifier == "logistic" and len(xs) < xs.shape[1]:
             wd, b0 = _logistic_dual(xs, y, c)
-        return wd / sd, float(b0 - (wd * mu / sd).sum())
-    if classifier == "logistic":
-        from sklearn.linear_model import LogisticRegression
+            return wd / sd, float(b0 - (wd * mu / sd).sum())
+        if classifier == "logistic":
+            from sklearn.linear_model import LogisticRegression
 
-        clf = LogisticRegression(C=c, max_iter=500)
-    else:
-        from sklearn.linear_model import SGDClassifier
+            clf = LogisticRegression(C=c, max_iter=500)
+        else:
+            from sklearn.linear_model import SGDClassifier
 
-        clf = SGDClassifier(alpha=0.01, max_iter=1000, tol=1e-3, random_state=seed)
-    clf.fit(xs, y)
+            clf = SGDClassifier(alpha=0.01, max_iter=1000, tol=1e-3, random_state=seed)
+        clf.fit(xs, y)
     w = clf.coef_[0] / sd
     b = float(clf.intercept_[0] - (clf.coef_[0] * mu / sd).sum())
     return w, b
@@ -231,11 +233,10 @@ def _logistic_dual(x: np.ndarray, y: np.ndarray, c: float, *, tol: float = 1e-10
     span of the examples (``w = x.T @ a``: n + 1 unknowns instead of d + 1).
 
     Why our own: a CAV probe has far fewer examples than features (120 example images against
-    6,144 flattened ViT-token features), where sklearn's L-BFGS iterates in d dimensions: it took
-    96 % of a TCAV run (1.7 s per probe, 20-odd probes per concept). Here a probe costs one
-    n x n Gram matrix and a few (n+1)-sized solves: 10-20 ms per probe on this CPU with one BLAS
-    thread (with OpenBLAS's default two threads on a CPU busy with other jobs, 0.76 s: its threads
-    spin-wait, hence ``fit_probe`` runs this on one). Same minimiser (tested against sklearn).
+    6,144 flattened ViT-token features), where sklearn's L-BFGS iterates in d dimensions. Here a
+    probe costs one n x n Gram matrix and a few (n+1)-sized solves: 16 ms against sklearn's 37 ms
+    on this CPU (one BLAS thread each, median of 5), for the 20-odd probes per concept of a TCAV
+    run. Same minimiser (tested against sklearn).
     """
     k = x @ x.T
     n = len(y)
