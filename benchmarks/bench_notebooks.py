@@ -81,19 +81,23 @@ def _demo_checkpoint() -> Path:
     return cache / "model"
 
 
-def part_first(repeats: int) -> None:
+def part_first(repeats: int, cases: list[str] | None = None) -> None:
     """The quickstart at full settings, with and without the demo's checkpoint; cold phantom cache
     (a fresh data folder: what a class sees the first time) and warm (the second run)."""
     demo = str(_demo_checkpoint())
     rows = []
     for rep in range(repeats):
-        for label, ck in (("demo checkpoint present", demo), ("no checkpoint (trains 2,000 images x 3 epochs)", "")):
+        for label, ck, threads in (("demo checkpoint present", demo, 0),
+                                   ("no checkpoint (trains 2,000 images x 3 epochs)", "", 0),
+                                   ("no checkpoint, THREADS=1", "", 1)):
+            if cases and label not in cases:
+                continue
             with tempfile.TemporaryDirectory() as data, tempfile.TemporaryDirectory() as out:
                 for cache in ("cold", "warm"):
                     env_before = os.environ.get("WORKBENCH_DATA")
                     os.environ["WORKBENCH_DATA"] = data
                     try:
-                        r = nb.run(QUICKSTART, {"CHECKPOINT": ck}, out=out)
+                        r = nb.run(QUICKSTART, {"CHECKPOINT": ck, "THREADS": threads}, out=out)
                     finally:
                         if env_before is None:
                             os.environ.pop("WORKBENCH_DATA", None)
@@ -102,6 +106,9 @@ def part_first(repeats: int) -> None:
                     rows.append({"case": label, "cache": cache, "first_overlay_s": round(_until_overlay(r), 1),
                                  "total_s": round(r.seconds, 1), "load": _load()})
                     print(rows[-1], flush=True)
+    if cases and RESULTS.exists():   # keep the stored rows of the cases not run now
+        old = json.loads(RESULTS.read_text()).get("first", {}).get("rows", [])
+        rows = [r for r in old if r["case"] not in cases] + rows
     _store("first", {"when": _stamp(), "rows": rows})
 
 
@@ -226,6 +233,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--parts", default="suite,first,full", help="comma-separated: suite, first, full, maketest")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--first-cases", default=None, help="first: ';'-separated case labels to run (default: all)")
     p.add_argument("--names", default=None, help="comma-separated notebooks (default: all)")
     p.add_argument("--clone", default="/tmp/fresh/repo", help="where maketest clones main")
     p.add_argument("--source", default="/work/main" if Path("/work/main").is_dir() else str(ROOT),
@@ -236,7 +244,7 @@ def main() -> None:
         if part == "suite":
             part_suite(a.repeats, names)
         elif part == "first":
-            part_first(a.repeats)
+            part_first(a.repeats, a.first_cases.split(";") if a.first_cases else None)
         elif part == "full":
             part_full(names)
         elif part == "maketest":

@@ -25,10 +25,12 @@
 #
 # The demo (`make demo` / `workbench demo --out DIR`) step by step, with the first picture first.
 # If `make demo` has run, this notebook reuses the model it saved (`../outputs/demo/model`: a small
-# ViT, test AUC about 0.94) and shows where it looks within seconds. Without it, the notebook trains
-# a small ViT for about half a minute on a CPU: a weaker model (AUC about 0.7), enough to see the
-# method. For the better one run `make demo` (about 4 CPU minutes) and re-run this notebook.
-# Change the next cell for a GPU or your own data.
+# ViT, test AUC about 0.94) and shows where it looks within seconds (16-18 s to the first overlay on
+# a 2-core CPU, kernel start included). Without it, the notebook trains a small ViT first: a weaker
+# model (AUC about 0.7), enough to see the method; on the same CPU, busy with one other job, the
+# first overlay came after 58 s with `THREADS = 1` and 241 s with torch's default two threads, whose
+# threads wait for each other when another job holds a core. For the better model run `make demo`
+# (about 4 CPU minutes) and re-run this notebook. Change the next cell for a GPU or your own data.
 
 # %% tags=["parameters"]
 SOURCE = "phantom"                      # or "medmnist:pneumoniamnist", a .npz path, a folder dataset
@@ -40,10 +42,16 @@ N_TEST = 200                            # test images
 EPOCHS = 3                              # the demo: 8,000 images x 10 epochs (benchmarks/README.md)
 K = 4                                   # communities of patches
 DEVICE = "auto"                         # "cuda", "mps" or "cpu"
+THREADS = 0                             # torch CPU threads (0: the default, all cores); 1 on a busy CPU
 OUT = "../outputs/quickstart"           # figures and the model trained here
 
 # %%
+import torch
+
 import workbench as wb
+
+if THREADS:
+    torch.set_num_threads(THREADS)
 
 extra = PHANTOM if SOURCE == "phantom" else {}
 test = wb.data.load(SOURCE, split="test", n=N_TEST, size=SIZE, **extra)

@@ -76,6 +76,17 @@ def test_cli_check_passes_and_lists(capsys):
     assert "00_quickstart" in out and "EPOCHS = 3  [int]" in out and "CHECKPOINT" in out
 
 
+def test_a_parameter_papermill_cannot_read_is_refused(tiny):
+    """papermill skips, with only a log warning, a parameters line holding a second '=' (here in its
+    help comment): the parameter would silently stop being settable."""
+    py = tiny / "00_tiny.py"
+    py.write_text(py.read_text().replace("RATE = 0.5", "RATE = 0.5       # 0 = off"))
+    nb.sync(tiny)
+    with pytest.raises(ValueError, match=r"\['RATE'\] .* one '=' per line"):
+        nb.parameters("00_tiny", tiny)
+    assert any("RATE" in p for p in nb.check(tiny))
+
+
 def test_out_of_sync_pair_is_reported_and_refused(tiny, capsys):
     py = tiny / "00_tiny.py"
     py.write_text(py.read_text().replace("N = 3 ", "N = 4 "))

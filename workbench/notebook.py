@@ -183,6 +183,12 @@ def parameters(name: str, root: str | os.PathLike | None = None) -> dict[str, Pa
         if p.inferred_type_name in _TYPES:
             typ = "list" if p.inferred_type_name == "tuple" else p.inferred_type_name
         out[p.name] = Parameter(p.name, default, p.default, typ, p.help or "")
+    assigned = [t.id for node in ast.parse(cell.source).body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)]
+    lost = [n for n in assigned if n not in out]
+    if lost:   # papermill skips (with a log warning) a line holding a second "=", e.g. in its comment
+        raise ValueError(f"notebook {name}: parameter(s) {lost} of the parameters cell cannot be read by papermill; "
+                         "write one '=' per line (none in the help comment).")
     return out
 
 
