@@ -126,6 +126,9 @@ def part_full(names: list[str]) -> None:
                 rows.append({"notebook": name, "wall_s": round(time.perf_counter() - t0, 1), "load": _load(),
                              "ok": False, "error": str(e)[:300]})
         print(rows[-1], flush=True)
+    if RESULTS.exists():   # keep the stored rows of the notebooks not run now
+        done = {r["notebook"] for r in rows}
+        rows = [r for r in json.loads(RESULTS.read_text()).get("full", {}).get("rows", []) if r["notebook"] not in done] + rows
     _store("full", {"when": _stamp(), "rows": rows})
 
 
