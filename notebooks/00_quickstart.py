@@ -27,10 +27,11 @@
 # If `make demo` has run, this notebook reuses the model it saved (`../outputs/demo/model`: a small
 # ViT, test AUC about 0.94) and shows where it looks within seconds (16-18 s to the first overlay on
 # a 2-core CPU, kernel start included). Without it, the notebook trains a small ViT first: a weaker
-# model (AUC about 0.7), enough to see the method; the first overlay came after 56-67 s with
-# `THREADS = 1`, and after 241-252 s with torch's default two threads while one other job ran on
-# the CPU (its two threads wait for each other when another job holds a core). For the better
-# model run `make demo` (about 4 CPU minutes) and re-run this notebook. Change the next cell for a
+# model (AUC about 0.7), enough to see the method. On the idle CPU the whole notebook took 43 s
+# with torch's default two threads; while one other job ran, the first overlay came after 241-252 s
+# with them (the two threads wait for each other when another job holds a core) and after 56-67 s
+# with `THREADS = 1`. For the better model run `make demo` (about 4 CPU minutes) and re-run this
+# notebook. Change the next cell for a
 # GPU or your own data.
 
 # %% tags=["parameters"]
