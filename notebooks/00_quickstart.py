@@ -31,8 +31,7 @@
 # with torch's default two threads; while one other job ran, the first overlay came after 241-252 s
 # with them (the two threads wait for each other when another job holds a core) and after 56-67 s
 # with `THREADS = 1`. For the better model run `make demo` (about 4 CPU minutes) and re-run this
-# notebook. Change the next cell for a
-# GPU or your own data.
+# notebook. Change the next cell for a GPU or your own data.
 
 # %% tags=["parameters"]
 SOURCE = "phantom"                      # or "medmnist:pneumoniamnist", a .npz path, a folder dataset
