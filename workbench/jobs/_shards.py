@@ -403,9 +403,8 @@ def read_npy_rows(path: Path, rows: Any, unit: int = 1) -> np.ndarray:
     else:
         idx = np.asarray(rows, dtype=np.int64)
         n = len(idx)
-        cut = np.flatnonzero(np.diff(idx) != 1) + 1
-        firsts, lasts = np.concatenate([[0], cut]), np.concatenate([cut, [n]]) if n else np.zeros(0, np.int64)
-        runs = [(int(idx[a]), int(b - a)) for a, b in zip(firsts, lasts)] if n else []
+        cut = np.flatnonzero(np.diff(idx) != 1) + 1   # where a run of consecutive rows ends
+        runs = [(int(idx[a]), int(b - a)) for a, b in zip(np.r_[0, cut], np.r_[cut, n])] if n else []
     out = np.empty((n, *row_shape), dtype)
     view = memoryview(out.reshape(-1).view(np.uint8))
     fd = os.open(path, os.O_RDONLY)
