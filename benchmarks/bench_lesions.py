@@ -364,15 +364,15 @@ def stage_guided(args) -> None:
     device shortcut (findings masks)."""
     from workbench.evaluation import subgroup_metrics
 
-    rows = []
     seeds = [0] if args.quick else args.seeds
+    weights = [w for arm, w in (("plain", 0.0), ("guided", args.guide_weight)) if arm in args.guided_arms]
     ep_b, ep_p = (2, 1) if args.quick else (30, 10)
     busi_test = busi("test")
     ev_b = lesion_set(busi_test)
     ph_test = phantom("test", 800)
     ev_p = nodule_set(ph_test, args.n_phantom)
     for seed in seeds:
-        for w in (0.0, args.guide_weight):
+        for w in weights:
             for data in args.guided_data:
                 if data == "busi":
                     m, key = train_or_load("resnet18", "busi", seed, epochs=ep_b, quick=args.quick,
@@ -403,10 +403,19 @@ def stage_guided(args) -> None:
 
                     r["budget_device"] = float(cohort_budget(att, {"device": b["masks"]["device"]}, bootstrap=0)
                                                .set_index("structure").loc["device", "mean"])
-                rows.append(r)
                 log(f"guided {key}: {r}")
-                save_part("guided", pd.DataFrame(rows))
-    save_part("guided", pd.DataFrame(rows), f"methods {args.guided_methods}, weight {args.guide_weight}")
+                _save_guided(data, r, f"methods {args.guided_methods}")
+
+
+def _save_guided(data: str, row: dict, note: str) -> None:
+    """Add (or replace) one (seed, weight) row of ``guided_<data>``: one file per dataset, so that two
+    processes (one per dataset) can run the stage side by side."""
+    old, _ = load_part(f"guided_{data}")
+    df = pd.DataFrame([row])
+    if old is not None:
+        keep = ~((old["seed"] == row["seed"]) & (old["guide_weight"] == row["guide_weight"]))
+        df = pd.concat([old[keep], df], ignore_index=True).sort_values(["seed", "guide_weight"])
+    save_part(f"guided_{data}", df, note)
 
 
 def _timeit(fn, reps: int) -> float:
@@ -629,7 +638,9 @@ def report(args) -> str:
                   "(seeded); train = 32 training images (expected gradients: IG draws n_steps (reference, alpha) pairs, "
                   "DeepLIFT-SHAP 8 references, GradientSHAP samples them); zeros+blur = GradientSHAP's default. Deletion fills with the blurred image, which favours the blur reference by construction; pointing and mass do not. "
                   f"({note})", "", md(t), ""]
-    gd, note = load_part("guided")
+    parts = [load_part(f.stem) for f in sorted(results_dir().glob("guided_*.csv"))]
+    gd = pd.concat([d for d, _ in parts], ignore_index=True) if parts else None
+    note = "; ".join(sorted({n for _, n in parts if n}))
     if gd is not None and len(gd):
         agg = gd.drop(columns=["seed"]).groupby(["data", "guide_weight"]).agg(["mean", "std"])
         agg.columns = [f"{a} ({b})" for a, b in agg.columns]
@@ -695,6 +706,8 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--guide-weight", type=float, default=1.0)
     p.add_argument("--guided-data", nargs="+", default=["busi", "phantom"])
+    p.add_argument("--guided-arms", nargs="+", default=["plain", "guided"], choices=["plain", "guided"],
+                   help="guided stage: train/evaluate without (plain) and/or with the guide")
     p.add_argument("--guided-methods", nargs="+", default=["integrated_gradients", "gradcam"])
     p.add_argument("--audit-methods", nargs="+", default=["integrated_gradients", "gradcam", "lrp"])
     p.add_argument("--cost-batch", type=int, default=4)

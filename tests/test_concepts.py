@@ -341,6 +341,68 @@ def test_finetune_head_baseline_changes_only_the_head():
     assert torch.equal(cbm.task_head.weight, W_RULE)
 
 
+def _zero_head(cbm: wc.ConceptBottleneck) -> wc.ConceptBottleneck:
+    """An untrained task head: zeros (linear) or a fresh seeded initialisation (MLP; zeros would be a
+    saddle point with no gradient)."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for mod in cbm.task_head.modules():
+            if isinstance(mod, nn.Linear):
+                mod.reset_parameters() if cbm.head == "mlp" else (mod.weight.zero_(), mod.bias.zero_())
+    return cbm
+
+
+def _head_acc(cbm: wc.ConceptBottleneck, c: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((cbm.forward_concepts(cbm.value_to_input(c)).argmax(1) == y).float().mean())
+
+
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+def test_fit_head_on_true_concepts_learns_the_rule_and_changes_only_the_head(head):
+    cbm = _zero_head(oracle_cbm(mode="independent", head=head))
+    c = all_combos(6)
+    ds = oracle_data(torch.zeros_like(c), concepts=c)  # the images say nothing: on="true" must not need them
+    before = copy.deepcopy(cbm.state_dict())
+    fitted = wc.fit_head(cbm, ds)
+    assert _head_acc(cbm, c, rule(c)) < 0.9
+    assert _head_acc(fitted, c, rule(c)) == 1.0
+    assert all(torch.equal(v, cbm.state_dict()[k]) for k, v in before.items())  # the input model is not changed
+    assert torch.equal(fitted.concept_head.weight, cbm.concept_head.weight)
+    # the same images through the predictor carry no information: the sequential fit cannot learn the rule
+    seq = wc.fit_head(cbm, ds, on="predicted")
+    majority = float(torch.bincount(rule(c)).max()) / len(c)
+    assert _head_acc(seq, c, rule(c)) <= majority + 1e-6
+
+
+def test_fit_head_fills_missing_true_concepts_with_predictions_and_fits_multilabel():
+    c = all_combos(6)
+    obs = c.clone()
+    obs[::3, 1] = float("nan")
+    fitted = wc.fit_head(_zero_head(oracle_cbm(mode="independent")), oracle_data(c, concepts=obs))
+    assert all(torch.isfinite(q).all() for q in fitted.task_head.parameters())
+    assert _head_acc(fitted, c, rule(c)) == 1.0  # the images carry the true values of the missing labels
+    y = torch.stack([c[:, 0], c[:, 1] * c[:, 2]], 1)  # two labels, the second an AND of two concepts
+    ds = ArrayDataset(torch.zeros(len(c), 1, 8, 8), y, classes=("p", "q"), task="multilabel", concepts=c,
+                      concept_names=NAMES)
+    cbm = _zero_head(wc.create(Oracle(), concepts=NAMES, num_classes=2, mode="independent"))
+    fitted = wc.fit_head(cbm, ds)
+    with torch.no_grad():
+        assert torch.equal((fitted.forward_concepts(c) > 0).float(), y)
+
+
+def test_fit_head_bad_input():
+    cbm = oracle_cbm(mode="independent")
+    c = all_combos(1)
+    with pytest.raises(ValueError, match="on must be one of"):
+        wc.fit_head(cbm, oracle_data(c), on="labels")
+    with pytest.raises(ValueError, match="no concept labels"):
+        wc.fit_head(cbm, ArrayDataset(torch.zeros(8, 1, 8, 8), rule(c), classes=("n", "x", "y", "z"), task="multiclass"))
+    with pytest.raises(TypeError, match="concept bottleneck"):
+        wc.fit_head(Oracle(), oracle_data(c))
+    with pytest.raises(ValueError, match="l2"):
+        wc.fit_head(cbm, oracle_data(c), l2=-1)
+
+
 # ------------------------------------------------------------------------------------ checkpoints
 def test_cbm_checkpoint_round_trip_with_adaptation(tmp_path):
     cbm = wc.create("vit_tiny", concepts=NAMES, num_classes=4, img_size=32, in_chans=1, head="mlp",
@@ -419,7 +481,8 @@ def test_folder_concept_columns(tmp_path):
         wb.data.load(tmp_path, concept_columns=["site"])
 
 
-def test_cli_train_concepts(tmp_path):
+@pytest.mark.parametrize("mode", ["joint", "independent"])
+def test_cli_train_concepts(tmp_path, mode):
     import json
 
     from PIL import Image
@@ -437,12 +500,17 @@ def test_cli_train_concepts(tmp_path):
     out = tmp_path / "run"
     code = main(["train", "--data", str(root), "--model", "vit_tiny", "--size", "16", "--patch-size", "8", "--depth", "1",
                  "--epochs", "1", "--batch-size", "8", "--concepts", "all", "--concept-columns", "opacity,fluid",
-                 "--out", str(out), "--no-progress", "--bootstrap", "0"])
+                 "--out", str(out), "--no-progress", "--bootstrap", "0", "--concept-mode", mode])
     assert code == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["model"]["kind"] == "concept_bottleneck" and m["model"]["concepts"] == ["opacity", "fluid"]
     assert "mean_concept_auc" in m["concepts"]
-    assert isinstance(wb.models.load(out / "model"), wc.ConceptBottleneck)
+    cbm = wb.models.load(out / "model")
+    assert isinstance(cbm, wc.ConceptBottleneck) and cbm.mode == mode
+    if mode == "independent":  # the label is the opacity concept: the fitted head reads it off exactly
+        c = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+        with torch.no_grad():
+            assert cbm.forward_concepts(cbm.value_to_input(c)).argmax(1).tolist() == [0, 0, 1, 1]
 
 
 def test_training_needs_concept_labels_and_calibrate_sets_statistics():

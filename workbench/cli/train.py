@@ -49,6 +49,10 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     history = fit(model, train, val, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                   device=args.device, early_stopping=args.early_stopping if val is not None else None,
                   augment=augment, seed=args.seed, progress=not args.no_progress)
+    if getattr(args, "concepts", None) and args.concept_mode != "joint":
+        from workbench.concepts import fit_head  # Koh et al.'s second stage: the head on its own, to convergence
+
+        model = fit_head(model, train, on="true" if args.concept_mode == "independent" else "predicted")
     from workbench.jobs import distributed
     main = distributed().is_main  # under torchrun (DDP) every rank trains; rank 0 writes the files
     ckpt = models.save(model, out / "model") if main else out / "model"
@@ -110,7 +114,9 @@ def register(sub: Any) -> None:
     c.add_argument("--concepts", default=None, help="train a concept bottleneck on these concepts: 'all' or "
                    "comma-separated names (the phantom: nodule,effusion,cardiomegaly,pneumothorax,consolidation)")
     c.add_argument("--concept-columns", default=None, help="folder datasets: 0/1 columns of labels.csv holding concepts")
-    c.add_argument("--concept-mode", default="joint", choices=("joint", "sequential", "independent"))
+    c.add_argument("--concept-mode", default="joint", choices=("joint", "sequential", "independent"),
+                   help="Koh et al.'s training; independent and sequential then fit the task head to convergence "
+                   "on the true / predicted training concepts (workbench.concepts.fit_head)")
     c.add_argument("--concept-head", default="linear", choices=("linear", "mlp"))
     c.add_argument("--concept-weight", type=float, default=1.0, help="weight of the concept loss")
     c.add_argument("--sparsity", type=float, default=0.0, help="L1 weight on a linear task head")

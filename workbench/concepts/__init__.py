@@ -17,6 +17,7 @@ verb                           what
 ``concept_examples``           example images of concepts from a dataset's labels and meta flags
 ``test_time_improve``          training-free repair at a new site (after He et al. 2025)
 ``finetune_head``              the gradient baseline: the task head retrained on the support set
+``fit_head``                   the task head fitted to convergence on true (independent) or predicted concepts
 ``support_set``                a few labelled images per class drawn from a new site
 ``concept_source``             the adapter over concept sources: labels, CAVs, text (CLIP), SAE
 =============================  =====================================================================
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 from ._model import ConceptBottleneck, calibrate_, create, from_config, posthoc
 from ._predict import ConceptPrediction, intervene, predict
+from .head import fit_head
 from .cav import CAVSet, TCAVResult, concept_examples, layer_activations, learn_cavs, random_images, tcav
 from .interventions import ORDERS, InterventionCurve, intervention_curve
 from .maps import ConceptMaps, concept_maps, score_concept_maps
@@ -48,6 +50,6 @@ __all__ = [
     "ConceptMaps", "concept_maps", "score_concept_maps",
     "ConceptReport", "quality",
     "CAVSet", "TCAVResult", "learn_cavs", "tcav", "layer_activations", "concept_examples", "random_images",
-    "TTIReport", "test_time_improve", "finetune_head", "support_set",
+    "TTIReport", "test_time_improve", "finetune_head", "support_set", "fit_head",
     "SOURCES", "concept_source", "LabelConcepts", "CAVConcepts", "TextConcepts", "SAEConcepts", "select_concepts", "with_concepts",
 ]
