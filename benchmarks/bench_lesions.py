@@ -297,10 +297,29 @@ def stage_methods(args) -> None:
                 rows.append(r)
             log(f"{data}/{arch}/{method}: pointing {rows[-1 if data == 'phantom' else -3]['pointing']:.3f} "
                 f"({ms:.0f} ms/img, n={n})")
-            save_part("methods", pd.DataFrame(rows))
-            pd.concat(per_rows).to_csv(results_dir() / "methods_per_image.csv", index=False)
-    save_part("methods", pd.DataFrame(rows), f"n_slow={args.n_slow}, n_faith={args.n_faith}")
-    cases_figure(models, busi_test, pd.concat(per_rows))
+            _save_methods(rows, per_rows, "")
+    per = _save_methods(rows, per_rows, f"n_slow={args.n_slow}, n_faith={args.n_faith}")
+    cases_figure(models, busi_test, per)
+
+
+def _save_methods(rows: list[dict], per_rows: list[pd.DataFrame], note: str) -> pd.DataFrame:
+    """Write the methods part: this run's (data, model, method) rows replace the same rows of an earlier
+    run, the others are kept (``--methods`` reruns a few methods). Returns all per-image rows."""
+    key = ["data", "model", "method"]
+    new, per = pd.DataFrame(rows), (pd.concat(per_rows) if per_rows else pd.DataFrame(columns=key))
+    for name, df in (("methods", new), ("methods_per_image", per)):
+        f = results_dir() / f"{name}.csv"
+        if f.is_file() and len(df):
+            old = pd.read_csv(f)
+            done = set(map(tuple, df[key].drop_duplicates().itertuples(index=False)))
+            old = old[[tuple(r) not in done for r in old[key].itertuples(index=False)]]
+            df = pd.concat([old, df], ignore_index=True)
+        if name == "methods":
+            save_part("methods", df, note or (load_part("methods")[1]))
+        else:
+            df.to_csv(f, index=False)
+            per = df
+    return per
 
 
 def cases_figure(models: dict, busi_test, per: pd.DataFrame) -> None:
