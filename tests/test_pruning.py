@@ -358,3 +358,28 @@ def test_pruner_widget_follows_its_controls(phantom):
     assert w.state["index"] == 3 and w.last_error is None
     w.controls["unit"].value = "mlp"  # back to a cached setting
     assert w.state["params_ratio"] == pytest.approx(first["params_ratio"])
+
+
+def test_latency_times_enough_calls_per_round():
+    """Each round times ``number`` back-to-back forwards, ``number`` chosen so a round lasts
+    ``min_round_s``: a tiny model runs many times per round, and once with ``min_round_s=0``."""
+    from workbench.pruning.report import latency
+
+    class Counting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.calls = nn.Linear(16, 2), 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return self.fc(x.flatten(1))
+
+    x = torch.rand(1, 1, 4, 4)
+    a, b = Counting(), Counting()
+    ms = latency({"a": a, "b": b}, x, repeats=3, warmup=2, min_round_s=0)
+    assert a.calls == b.calls == 2 + 1 + 3 and ms["a"] > 0 and ms["b"] > 0
+    a.calls = 0
+    latency({"a": a}, x, repeats=3, warmup=1, min_round_s=0.5)
+    assert a.calls > 3 * 10  # a forward of a 16 -> 2 linear layer takes far less than 50 ms
+    with pytest.raises(ValueError, match="min_round_s"):
+        latency({"a": a}, x, min_round_s=-1)
