@@ -30,7 +30,9 @@
 # model (AUC about 0.7), enough to see the method. On the idle CPU the whole notebook took 43 s
 # with torch's default two threads; while one other job ran, the first overlay came after 241-252 s
 # with them (the two threads wait for each other when another job holds a core) and after 56-67 s
-# with `THREADS = 1`. For the better model run `make demo` (about 4 CPU minutes) and re-run this
+# with one: `THREADS = "auto"` (`wb.set_threads`) takes the cores the load average leaves free, so it
+# picks one thread on a busy 2-core CPU and both on an idle one. For the better model run `make demo`
+# (about 4 CPU minutes) and re-run this
 # notebook. Change the next cell for a GPU or your own data.
 
 # %% tags=["parameters"]
@@ -43,16 +45,13 @@ N_TEST = 200                            # test images
 EPOCHS = 3                              # the demo: 8,000 images x 10 epochs (benchmarks/README.md)
 K = 4                                   # communities of patches
 DEVICE = "auto"                         # "cuda", "mps" or "cpu"
-THREADS = 0                             # torch CPU threads (0: the default, all cores); 1 on a busy CPU
+THREADS = "auto"                        # CPU threads: "auto" (the cores the load leaves free) or a number
 OUT = "../outputs/quickstart"           # figures and the model trained here
 
 # %%
-import torch
-
 import workbench as wb
 
-if THREADS:
-    torch.set_num_threads(THREADS)
+wb.set_threads(THREADS)                 # on a busy CPU fewer threads are faster (see above)
 
 extra = PHANTOM if SOURCE == "phantom" else {}
 test = wb.data.load(SOURCE, split="test", n=N_TEST, size=SIZE, **extra)

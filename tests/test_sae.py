@@ -1,6 +1,7 @@
 """SAE kinds, losses, training and checkpoints on in-memory activations (no model needed)."""
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -215,3 +216,47 @@ def test_batch_topk_selection_is_exact_also_when_one_row_takes_many():
     got = set((sel.rows * 64 + sel.cols).tolist())
     assert got == want and (sel.rows == 3).sum() > 16 and bool((sel.rows.diff() >= 0).all())
     torch.testing.assert_close(sel.values, pre[sel.rows, sel.cols])
+
+
+@pytest.mark.parametrize("kind", ["topk", "batchtopk", "relu"])
+def test_encoder_scale_fit_is_the_least_squares_optimum_and_keeps_the_selection(kind):
+    from workbench.sae.training import fit_encoder_scale_
+
+    torch.manual_seed(0)
+    x = sparse_data(n=512, d=16)
+    sae = create(kind, d=16, expansion=4, k=3)
+    init_from_data(sae, x)
+    sae.train()
+    before = {n: b.clone() for n, b in sae.named_buffers()}
+
+    def err(model):
+        with torch.no_grad():
+            rec = model.activate(model.pre_activations(x)) @ model.W_dec
+            return float(((x * model.input_scale - model.b_dec - rec) ** 2).sum())
+
+    with torch.no_grad():
+        active0 = sae.activate(sae.pre_activations(x)) > 0
+    for n, b in sae.named_buffers():
+        b.copy_(before[n])
+    e_tied = err(copy.deepcopy(sae))
+    s = fit_encoder_scale_(sae, x)
+    assert s > 0 and s != 1.0
+    torch.testing.assert_close(dict(sae.named_buffers()), before, equal_nan=True)  # BatchTopK's threshold untouched
+    with torch.no_grad():
+        assert torch.equal(sae.activate(sae.pre_activations(x)) > 0, active0)  # same latents, rescaled codes
+    e_fit = err(copy.deepcopy(sae))
+    assert e_fit <= e_tied
+    for f in (0.9, 1.1):  # the optimum of a parabola in the scale
+        other = copy.deepcopy(sae)
+        with torch.no_grad():
+            other.W_enc.mul_(f)
+        assert err(other) > e_fit
+
+
+def test_train_enc_scale_option():
+    x = sparse_data(n=1024, d=16)
+    _, fit = train(x, "topk", expansion=4, k=3, tokens=256, batch_size=256, progress=False)
+    _, tied = train(x, "topk", expansion=4, k=3, tokens=256, batch_size=256, progress=False, enc_scale=1)
+    assert fit.params["enc_scale"] != 1.0 and tied.params["enc_scale"] == 1.0
+    with pytest.raises(ValueError, match="enc_scale"):
+        train(x, "topk", expansion=4, k=3, tokens=256, progress=False, enc_scale=0)

@@ -34,6 +34,7 @@ _EXPORTS = {
     "Attribution": "workbench.attribution:Attribution",
     "explain_dataset": "workbench.explain:explain_dataset",
     "resolve_device": "workbench._device:resolve_device",
+    "set_threads": "workbench._device:set_threads",
     "pruning": "workbench.pruning",
     "concepts": "workbench.concepts",
 }

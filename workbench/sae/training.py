@@ -158,6 +158,40 @@ def init_from_data(sae: SAE, sample: torch.Tensor, init: str = "mean") -> None:
     sae.b_dec.copy_(xs.mean(0) if init == "mean" else geometric_median(xs))
 
 
+@torch.no_grad()
+def fit_encoder_scale_(sae: SAE, sample: torch.Tensor, max_tokens: int = 16384) -> float:
+    """Scale the encoder (in place) so that the initial reconstruction is least-squares optimal; returns
+    the factor.
+
+    At initialisation ``W_enc = W_dec^T`` and ``b_enc = 0``, so multiplying ``W_enc`` by ``s > 0``
+    multiplies every pre-activation by ``s``: TopK, BatchTopK and ReLU keep the same latents and the
+    codes, hence the reconstruction ``codes W_dec``, scale by ``s``. The ``s`` minimising
+    ``||x - b_dec - s codes W_dec||^2`` over the sample is ``<x - b_dec, r> / <r, r>`` with
+    ``r = codes W_dec``. Why: with unit-norm decoder rows a tied encoder over-shoots (each token's k
+    largest projections overlap), and Adam's steps, about ``lr`` per weight whatever its size, then
+    spend the first part of training shrinking it. Measured on the SAE benchmark's tokens (d = 192, x8,
+    k = 32, 600,000 tokens): held-out FVU of BatchTopK 0.090 -> 0.048 and TopK 0.057 -> 0.048 (factors
+    0.28 and 0.54 there; SAELens, which starts its decoder at norm 0.1, got 0.060 and 0.047). Buffers
+    the kind updates while encoding (BatchTopK's threshold) are left as they were."""
+    saved = {n: b.clone() for n, b in sae.named_buffers()}
+    was = sae.training
+    sae.train()
+    try:
+        x = sample[:max_tokens].to(sae.W_enc.device, sae.W_enc.dtype)
+        rec = sae.activate(sae.pre_activations(x)) @ sae.W_dec
+        target = x * sae.input_scale - sae.b_dec
+        den = float((rec * rec).sum())
+        s = float((target * rec).sum()) / den if den > 0 else 1.0
+    finally:
+        for n, b in sae.named_buffers():
+            b.copy_(saved[n])
+        sae.train(was)
+    if not (math.isfinite(s) and s > 0):
+        return 1.0
+    sae.W_enc.mul_(s)
+    return s
+
+
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -218,7 +252,7 @@ def _sparse_step(sae: SAE, xb: torch.Tensor, dead: torch.Tensor, aux_k: int, l1_
 def train(store: Any, kind: str = "topk", expansion: float = 8, k: int | None = 32, *, d_sae: int | None = None,
           l1_coef: float = 5e-3, lr: float | None = None, batch_size: int = 4096, epochs: float = 1.0,
           tokens: int | None = None, aux_k: int | None = None, aux_coef: float = 1 / 32,
-          dead_after: int | None = None, init: str = "mean", init_tokens: int = 65536,
+          dead_after: int | None = None, init: str = "mean", init_tokens: int = 65536, enc_scale: float | str = "fit",
           device: str | torch.device | None = "auto", amp: str | bool = "auto", seed: int = 0,
           log_every: int = 20, progress: bool = True, sparse_step: bool = True, **kind_kw: Any) -> Trained:
     """Train a sparse autoencoder on token activations.
@@ -239,6 +273,8 @@ def train(store: Any, kind: str = "topk", expansion: float = 8, k: int | None = 
         dead_after: a latent not firing for this many tokens is dead (default: the smaller of 10M
             tokens and half an epoch).
         init: ``b_dec`` at the "mean" or geometric "median" of ``init_tokens`` sampled tokens.
+        enc_scale: the encoder starts as ``W_dec^T`` times this: "fit" (least squares on the sampled
+            tokens, :func:`fit_encoder_scale_`) or a number (1: the tied encoder of Gao et al.).
         device: "auto" (CUDA/MPS/CPU), a device, or None (CPU).
         amp: "auto" (bf16 autocast on CUDA), True or False.
         seed: seeds initialisation and shuffling.
@@ -274,6 +310,8 @@ def train(store: Any, kind: str = "topk", expansion: float = 8, k: int | None = 
     check_int(aux_k, "aux_k", minimum=0, none_ok=True)
     check_number(aux_coef, "aux_coef", low=0)
     check_int(init_tokens, "init_tokens")
+    if enc_scale != "fit":
+        check_number(enc_scale, "enc_scale", low=0, low_open=True)
     check_int(log_every, "log_every")
     total_tokens = int(tokens) if tokens is not None else int(round(float(epochs) * src.n_tokens))
     if total_tokens < 1:
@@ -281,14 +319,21 @@ def train(store: Any, kind: str = "topk", expansion: float = 8, k: int | None = 
                          "tokens; give epochs > 0 or tokens > 0.")
     torch.manual_seed(seed)
     sae = create(kind, src.d, expansion=expansion, d_sae=d_sae, k=k, source=src.source, **kind_kw).to(dev)
-    init_from_data(sae, src.sample(min(init_tokens, src.n_tokens), seed=seed), init)
+    sample = src.sample(min(init_tokens, src.n_tokens), seed=seed)
+    init_from_data(sae, sample, init)
+    if enc_scale == "fit":
+        enc_scale = fit_encoder_scale_(sae, sample)
+    else:
+        with torch.no_grad():
+            sae.W_enc.mul_(float(enc_scale))
+    del sample
     steps = max(1, math.ceil(total_tokens / batch_size))
     lr = default_lr(sae.d_sae) if lr is None else float(lr)
     aux_k = src.d // 2 if aux_k is None else int(aux_k)
     dead_after = int(min(10_000_000, max(batch_size, src.n_tokens // 2))) if dead_after is None else int(dead_after)
     params = {"kind": kind, "d": src.d, "d_sae": sae.d_sae, "k": sae.k, "l1_coef": l1_coef if kind == "relu" else None,
               "lr": lr, "batch_size": batch_size, "tokens": total_tokens, "steps": steps, "aux_k": aux_k,
-              "aux_coef": aux_coef, "dead_after": dead_after, "init": init, "seed": seed, "device": str(dev),
+              "aux_coef": aux_coef, "dead_after": dead_after, "init": init, "enc_scale": float(enc_scale), "seed": seed, "device": str(dev),
               "amp": use_amp}
     opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), eps=6.25e-10)
     sparse = dev.type == "cpu" and sparse_step
