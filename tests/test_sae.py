@@ -103,8 +103,10 @@ def test_dead_latents_are_tracked_and_auxk_revives_them():
 
     def run(aux_k):
         torch.manual_seed(0)
+        # the tied encoder (enc_scale=1): with the fitted scale AuxK revives fewer of the crippled latents
+        # in these 48 steps (0.30 dead at the end instead of 0.16; 0.33 without AuxK either way)
         sae, log = train(x, "topk", expansion=4, k=3, epochs=6, batch_size=256, aux_k=aux_k, dead_after=512,
-                         log_every=1, progress=False, seed=3, lr=3e-3)
+                         log_every=1, progress=False, seed=3, lr=3e-3, enc_scale=1)
         return sae, log
 
     # kill a third of the latents at the start (encoder columns shrunk: their pre-activations never reach
@@ -258,5 +260,8 @@ def test_train_enc_scale_option():
     _, fit = train(x, "topk", expansion=4, k=3, tokens=256, batch_size=256, progress=False)
     _, tied = train(x, "topk", expansion=4, k=3, tokens=256, batch_size=256, progress=False, enc_scale=1)
     assert fit.params["enc_scale"] != 1.0 and tied.params["enc_scale"] == 1.0
+    _, relu = train(x, "relu", expansion=4, tokens=256, batch_size=256, progress=False)
+    _, relu_fit = train(x, "relu", expansion=4, tokens=256, batch_size=256, progress=False, enc_scale="fit")
+    assert relu.params["enc_scale"] == 1.0 and relu_fit.params["enc_scale"] != 1.0  # ReLU keeps its L1 scale
     with pytest.raises(ValueError, match="enc_scale"):
         train(x, "topk", expansion=4, k=3, tokens=256, progress=False, enc_scale=0)
