@@ -444,7 +444,9 @@ def bench_store(name: str, model, shortcut: dict | None = None):
 
 def bench_sae(name: str, model, kind: str, store, epochs: float, log: dict | None = None):
     """A trained SAE of ``kind`` on ``store`` (cached next to the store)."""
-    path = data_dir() / "sae_bench" / f"sae_{name}_{MIDDLE}_{kind}_e{epochs:g}"
+    # "_encfit": trained with the fitted encoder scale (sae.train's default for TopK/BatchTopK since
+    # 2026-12-02); SAEs cached before it (tied encoder) are not reused
+    path = data_dir() / "sae_bench" / (f"sae_{name}_{MIDDLE}_{kind}_e{epochs:g}" + ("" if kind == "relu" else "_encfit"))
     if path.with_suffix(".safetensors").exists():
         return wb.sae.load(path)
     sae, tl = wb.sae.train(store, kind, expansion=8, epochs=epochs, progress=False, device="cpu",
