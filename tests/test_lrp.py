@@ -125,6 +125,11 @@ def test_relevance_at_units_for_pruning():
     assert torch.allclose(fc[:, 1], r.logits[:, 1]) and fc[:, [0, 2]].abs().max() == 0
     with pytest.raises(ValueError, match="no module"):
         lrp_relevance(m, x, layers=["layer9"])
+    # without the input map (what pruning uses): the same layer relevance, no propagation below it
+    r2 = lrp_relevance(m, x, 1, layers=["layer2.0.conv1", "fc"], input_relevance=False)
+    assert r2.input is None and torch.equal(r2.layers["layer2.0.conv1"], r.layers["layer2.0.conv1"])
+    with pytest.raises(ValueError, match="needs layers"):
+        lrp_relevance(m, x, input_relevance=False)
 
 
 def test_lrp_map_points_at_the_evidence():

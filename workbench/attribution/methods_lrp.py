@@ -298,7 +298,8 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 def lrp_relevance(model: nn.Module, images: torch.Tensor, target: Any = None, *, layers: Sequence[str] = (),
                   composite: str = "epsilon_plus_flat", epsilon: float = 1e-6, gamma: float = 0.25,
-                  zero_params: str | Sequence[str] | None = None, strict: bool = True) -> Relevance:
+                  zero_params: str | Sequence[str] | None = None, strict: bool = True,
+                  input_relevance: bool = True) -> Relevance:
     """LRP relevance at the input and at the outputs of ``layers`` (the internal API; see the module docstring).
 
     Args:
@@ -307,6 +308,8 @@ def lrp_relevance(model: nn.Module, images: torch.Tensor, target: Any = None, *,
         target: None (predicted class), an int or a ``(B,)`` tensor of classes.
         layers: module names (as in ``model.named_modules()``) whose output relevance to return.
         composite, epsilon, gamma, zero_params, strict: the rules (module docstring).
+        input_relevance: False skips the propagation below the earliest of ``layers`` (the
+            returned ``input`` is then None): pruning scores need only the layers.
 
     Returns:
         :class:`Relevance`.
@@ -322,7 +325,9 @@ def lrp_relevance(model: nn.Module, images: torch.Tensor, target: Any = None, *,
                          f"e.g. {[n for n in names if n][:6]}.")
     comp = make_composite(model, images, composite, epsilon=epsilon, gamma=gamma, zero_params=zero_params,
                           strict=strict)
-    x = images.detach().clone().requires_grad_(True)
+    if not input_relevance and not layers:
+        raise ValueError("input_relevance=False needs layers whose relevance to return.")
+    x = images.detach().clone().requires_grad_(input_relevance)
     with _eval_mode(model), torch.enable_grad(), zennit_rules(model, comp), \
             record_outputs(model, list(layers)) as rec:  # names resolved after the canonizers' swaps
         logits = model(x)
@@ -330,9 +335,12 @@ def lrp_relevance(model: nn.Module, images: torch.Tensor, target: Any = None, *,
                           .expand(logits.shape[0]).long())
         init = torch.zeros_like(logits).scatter(1, t[:, None], logits.gather(1, t[:, None]))
         acts = [rec[n] for n in layers]
-        grads = torch.autograd.grad(logits, [x, *acts], grad_outputs=init.detach())
-    return Relevance(grads[0].detach(), {n: g.detach() for n, g in zip(layers, grads[1:])},
-                     logits.detach(), t.detach())
+        wrt = [x, *acts] if input_relevance else acts
+        grads = torch.autograd.grad(logits, wrt, grad_outputs=init.detach())
+    if not input_relevance:
+        grads = (None, *grads)
+    return Relevance(None if grads[0] is None else grads[0].detach(),
+                     {n: g.detach() for n, g in zip(layers, grads[1:])}, logits.detach(), t.detach())
 
 
 def unit_scores(relevance: Relevance, layer: str, *, absolute: bool = False) -> torch.Tensor:

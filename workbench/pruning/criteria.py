@@ -164,7 +164,8 @@ def lrp(model: nn.Module, images: torch.Tensor, target: torch.Tensor, layers: La
                          "'integrated_gradients'.")
     names = {m: n for n, m in model.named_modules()}
     wanted = [names[m] for m, _ in layers]
-    rel = lrp_relevance(model, images, target, layers=wanted, composite=composite, **kw)
+    # no propagation below the earliest scored layer (the input map is not needed): 5 % of the cost
+    rel = lrp_relevance(model, images, target, layers=wanted, composite=composite, input_relevance=False, **kw)
     return [rel.layers[n] for n in wanted]
 
 
