@@ -858,6 +858,8 @@ case("sae.create", "d=0", lambda c: _sae().create("topk", d=0, k=4), r"\bd\b")
 case("sae.train", "a list of tensors", lambda c: _sae().train([torch.rand(8, 4)], progress=False), r"store|tensor")
 case("sae.train", "NaN activations", lambda c: _sae().train(torch.full((64, 8), float("nan")), expansion=2, k=2,
                                                               progress=False), r"nan")
+case("sae.train", "enc_scale=0", lambda c: _sae().train(torch.rand(64, 8), expansion=2, k=2, enc_scale=0, progress=False),
+     r"enc_scale")
 case("sae.train", "batch_size=0", lambda c: _sae().train(torch.rand(64, 8), expansion=2, k=2, batch_size=0,
                                                          progress=False), r"batch_size")
 case("sae.train", "epochs=0", lambda c: _sae().train(torch.rand(64, 8), expansion=2, k=2, epochs=0, progress=False),
@@ -956,6 +958,7 @@ case("pruning.find_units", "unknown unit", lambda c: _pr().find_units(c.vit, "ne
 case("pruning.kinds_of", "not a model", lambda c: _pr().kinds_of("vit"), r"model|Module")
 case("pruning.size", "example of another size", lambda c: _pr().size(c.vit, torch.rand(1, 1, 48, 48)), r"32")
 case("pruning.latency", "repeats=0", lambda c: _pr().latency({"a": c.vit}, c.x[:1], repeats=0), r"repeats")
+case("pruning.latency", "min_round_s=-1", lambda c: _pr().latency({"a": c.vit}, c.x[:1], min_round_s=-1), r"min_round_s")
 case("pruning.report", "images 0-255", lambda c: _pr().report(c.vit, c.vit, (c.xs("x255"), c.y), masks=False,
                                                               n_explain=2, repeats=1, bootstrap=0), r"255")
 case("pruning.report", "bootstrap=-1", lambda c: _pr().report(c.vit, c.vit, c.ds, n_explain=2, repeats=1,
@@ -1026,6 +1029,12 @@ case("concepts.random_images", "n=0", lambda c: _cc().random_images(c.ds, n=0), 
 case("concepts.test_time_improve", "not a concept model", lambda c: _cc().test_time_improve(c.cnn, c.ds), r"concept")
 case("concepts.finetune_head", "steps=0", lambda c: _cc().finetune_head(c.cbm, c.ds, steps=0), r"steps")
 case("concepts.support_set", "per_class=0", lambda c: _cc().support_set(c.ds, per_class=0), r"per_class")
+case("concepts.fit_head", "on='labels'", lambda c: _cc().fit_head(c.cbm, c.ds, on="labels"), r"on must be one of")
+case("concepts.fit_head", "a black-box model", lambda c: _cc().fit_head(c.cnn, c.ds), r"concept")
+case("concepts.fit_head", "l2=-1", lambda c: _cc().fit_head(c.cbm, c.ds, l2=-1), r"l2")
+case("set_threads", "threads=0", lambda c: importlib.import_module("workbench").set_threads(0), r"positive int or 'auto'")
+case("set_threads", "threads='many'", lambda c: importlib.import_module("workbench").set_threads("many"),
+     r"positive int or 'auto'")
 case("concepts.concept_source", "unknown kind", lambda c: _cc().concept_source("magic", c.ds), r"magic|kind")
 case("concepts.select_concepts", "unknown names", lambda c: _cc().select_concepts(c.ds, ["tumour"]), r"tumour")
 case("concepts.with_concepts", "concepts of another length", lambda c: _cc().with_concepts(
