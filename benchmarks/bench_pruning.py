@@ -155,7 +155,7 @@ def part_finetune(recipe: str, args) -> dict:
     rep = wb.pruning.report(m, small, data["test"], n_explain=args.n_explain if recipe != "resnet18_pneumonia" else 0,
                             batches=(1, 8), repeats=args.repeats, bootstrap=200, attribution_kw={"n_steps": 16})
     row = {"model": recipe, "pruned": f"50% {unit}", "criterion": FT_CRITERION[recipe],
-           "FT lr": TRAIN_LR[recipe], "dense AUC": auc0, "pruned AUC": auc_p,
+           "FT lr": f"{TRAIN_LR[recipe]:g}", "dense AUC": auc0, "pruned AUC": auc_p,
            f"after {args.ft_epochs} ep FT": rep.pruned.auc, "AUC loss (points)": 100 * (auc0 - rep.pruned.auc),
            "params ratio": rep.summary()["params_ratio"], "latency b8 ratio": rep.latency[8]["ratio"],
            "flips": len(rep.flips), "maps rho": rep.rank_correlation}
