@@ -24,6 +24,7 @@
 #       BUSI_SIZE: 32
 #       BUSI_N_TRAIN: 48
 #       BUSI_EPOCHS: 1
+#       GUIDED: true
 # ---
 
 # %% [markdown]
@@ -51,6 +52,7 @@ METHODS = ["saliency", "integrated_gradients", "gradcam", "occlusion"]  # any of
 BUSI_SIZE = 128         # breast ultrasound (../shared/data/busi) image side
 BUSI_N_TRAIN = 0        # BUSI training images (0: all 544)
 BUSI_EPOCHS = 10        # the benchmark's recipe uses 30 with early stopping
+GUIDED = False          # True: also train with the lesion masks (mask-guided, ~3x the BUSI training time)
 DEVICE = "auto"
 OUT = "../outputs/attribution"
 
@@ -218,3 +220,26 @@ if busi is not None:
     marks = wb.evaluation.burnt_in_marks(lesions["image"])
     on = {"lesion": lesions["masks"]["lesion"], "marks": marks & ~lesions["masks"]["lesion"]}
     display(cohort_budget(us_atts[f"{rec.method} (recommended)"], on, bootstrap=200).round(3))
+
+# %% [markdown]
+# ### Teaching the model where to look: mask-guided training
+# "Right for the right reasons" (Ross et al., IJCAI 2017; GradMask, Simpson et al., MIDL 2019):
+# `wb.fit(..., guide_masks="lesion", guide_weight=1.0)` adds to the loss the share of the input
+# gradient (of the true class's log-odds) that falls outside the lesion mask, for the images that
+# have one; normal images train as before. In the benchmark (README, "Mask-guided training"; 30
+# epochs, one seed) integrated gradients' pointing game on BUSI's 98 test lesions rose from 0.23 to
+# 0.44 and its relevance mass from 0.18 to 0.24, at a test AUC of 0.795 instead of 0.806. A step
+# costs 2-3x a plain one, so this part runs with `GUIDED = True` (off by default on a CPU).
+
+# %%
+if busi is not None and GUIDED:
+    guided = wb.models.create("resnet18", num_classes=3, img_size=BUSI_SIZE, in_chans=1)
+    wb.fit(guided, btrain, epochs=BUSI_EPOCHS, lr=1e-3, device=DEVICE, guide_masks="lesion", guide_weight=1.0,
+           augment=wb.data.transforms.RandomAffine(10, translate=0.05, scale=(0.9, 1.1), seed=0))
+    every = btest.batch(btest.mask_present["lesion"].nonzero().flatten()[:4 * N_SHOW])   # all 98 in the benchmark
+    both = {"plain": us, "mask-guided": guided}
+    ig = {k: wb.attribute(m, every["image"], target=every["label"], method="integrated_gradients")
+          for k, m in both.items()}
+    display(pd.DataFrame({k: {"test AUC": wb.evaluate(m, btest).auc} for k, m in both.items()}).round(3))
+    display(pd.concat({k: evaluate_localisation(a, {"lesion": every["masks"]["lesion"]}) for k, a in ig.items()}).round(3))
+
