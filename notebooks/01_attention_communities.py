@@ -45,6 +45,7 @@ OUT = "../outputs/communities"   # the explorer's exports
 import workbench as wb
 from workbench.evaluation import anatomy_alignment
 from workbench.widgets import explorer
+wb.set_threads("auto")   # on a CPU other jobs share, fewer threads run faster (README)
 
 extra = PHANTOM if SOURCE == "phantom" else {}
 train = wb.data.load(SOURCE, split="train", n=N_TRAIN, size=SIZE, **extra)

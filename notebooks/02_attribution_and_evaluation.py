@@ -60,6 +60,7 @@ OUT = "../outputs/attribution"
 import pandas as pd
 import workbench as wb
 from workbench.evaluation import cohort_budget, evaluate_localisation, randomisation_test
+wb.set_threads("auto")   # on a CPU other jobs share, fewer threads run faster (README)
 
 train = wb.data.load("phantom", split="train", n=N_TRAIN, size=SIZE, **PHANTOM)
 test = wb.data.load("phantom", split="test", n=N_TEST, size=SIZE, **PHANTOM)

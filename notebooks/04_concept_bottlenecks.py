@@ -62,6 +62,7 @@ OUT = "../outputs/concepts"
 # %%
 import workbench as wb
 from workbench import concepts as wc
+wb.set_threads("auto")   # on a CPU other jobs share, fewer threads run faster (README)
 
 train = wb.data.load("phantom", split="train", n=N_TRAIN, size=SIZE, task="diagnosis")
 test = wb.data.load("phantom", split="test", n=N_TEST, size=SIZE, task="diagnosis")

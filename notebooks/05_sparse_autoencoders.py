@@ -67,6 +67,7 @@ OUT = "../outputs/sae"
 
 # %%
 import workbench as wb
+wb.set_threads("auto")   # on a CPU other jobs share, fewer threads run faster (README)
 
 train = wb.data.load("phantom", split="train", n=N_TRAIN, size=SIZE, shortcut=SHORTCUT)
 test = wb.data.load("phantom", split="test", n=N_TEST, size=SIZE)       # drains independent of the label

@@ -61,6 +61,7 @@ OUT = "../outputs/pruning"
 
 # %%
 import workbench as wb
+wb.set_threads("auto")   # on a CPU other jobs share, fewer threads run faster (README)
 
 train = wb.data.load("phantom", split="train", n=N_TRAIN, size=SIZE)
 test = wb.data.load("phantom", split="test", n=N_TEST, size=SIZE)

@@ -55,6 +55,7 @@ OUT = "../outputs/datasets_at_scale"
 import torch
 
 import workbench as wb
+wb.set_threads("auto")   # on a CPU other jobs share, fewer threads run faster (README)
 
 if not FOLDER:  # stand-in files: the phantom as 12-bit DICOMs, its lung and heart masks as a CheXmask CSV
     phantom = wb.data.load("phantom", split="test", n=N, size=2 * SIZE)
