@@ -339,7 +339,7 @@ def cases_figure(models: dict, busi_test, per: pd.DataFrame) -> None:
     fig.suptitle(f"BUSI test, ResNet-18: 4 best and 4 worst cases of {best} (lesion outlined)", fontsize=8, y=1.06)
     out = ROOT / "benchmarks" / "figures"
     out.mkdir(exist_ok=True)
-    wb.viz.save_figure(fig, out / "lesions_cases", formats=("png",), params={"method": best, "ids": [int(i) for i in pick]})
+    wb.viz.save_figure(fig, out / "lesions_cases", formats=("png",), dpi=150, params={"method": best, "ids": [int(i) for i in pick]})
 
 
 BASELINES = ("black", "blur", "mean", "uniform", "train")
@@ -588,7 +588,7 @@ def stage_audit(args) -> None:
     fig.suptitle("burnt_in_marks on BUSI test images (red: detected marks, green: lesion mask)", fontsize=8)
     out = ROOT / "benchmarks" / "figures"
     out.mkdir(exist_ok=True)
-    wb.viz.save_figure(fig, out / "busi_marks", formats=("png",))
+    wb.viz.save_figure(fig, out / "busi_marks", formats=("png",), dpi=150)   # 150 dpi: under 1 MiB in the repo
 
 
 # --------------------------------------------------------------------------- report
