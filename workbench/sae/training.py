@@ -167,11 +167,11 @@ def fit_encoder_scale_(sae: SAE, sample: torch.Tensor, max_tokens: int = 16384) 
     multiplies every pre-activation by ``s``: TopK, BatchTopK and ReLU keep the same latents and the
     codes, hence the reconstruction ``codes W_dec``, scale by ``s``. The ``s`` minimising
     ``||x - b_dec - s codes W_dec||^2`` over the sample is ``<x - b_dec, r> / <r, r>`` with
-    ``r = codes W_dec``. Why: with unit-norm decoder rows a tied encoder over-shoots (each token's k
-    largest projections overlap), and Adam's steps, about ``lr`` per weight whatever its size, then
-    spend the first part of training shrinking it. Measured on the SAE benchmark's tokens (d = 192, x8,
-    k = 32, 600,000 tokens): held-out FVU of BatchTopK 0.090 -> 0.048 and TopK 0.057 -> 0.048 (factors
-    0.28 and 0.54 there; SAELens, which starts its decoder at norm 0.1, got 0.060 and 0.047); after 2.4
+    ``r = codes W_dec``. With unit-norm decoder rows a tied encoder over-shoots (the fitted factor is
+    below 1: 0.28 for BatchTopK and 0.54 for TopK on the SAE benchmark's tokens); probably Adam, whose
+    steps are about ``lr`` per weight whatever its size, then spends the first steps shrinking it.
+    Measured on those tokens (d = 192, x8, k = 32, 600,000 tokens): held-out FVU of BatchTopK 0.090 ->
+    0.049 and TopK 0.057 -> 0.045 (SAELens, which starts its decoder at norm 0.1: 0.060 and 0.047); after 2.4
     million tokens 0.032 -> 0.018 and 0.024 -> 0.022, with more dead latents (1.4-1.8 % instead of
     0.6-0.7 %). Buffers the kind updates while encoding (BatchTopK's threshold) are left as they were."""
     saved = {n: b.clone() for n, b in sae.named_buffers()}
