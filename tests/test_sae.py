@@ -206,6 +206,65 @@ def test_sparse_training_step_equals_the_dense_step(kind):
         torch.testing.assert_close(sparse[key].float(), dense[key].float(), atol=1e-5, rtol=1e-4, msg=key)
 
 
+@pytest.mark.parametrize("l1_coef", [0.0, 0.1])
+def test_fused_relu_step_equals_the_dense_step(l1_coef):
+    """The fused ReLU step (one autograd node, in-place ReLU and backward) gives the autograd step's
+    losses, statistics and gradients; with dead latents and AuxK on it hands over to the dense step."""
+    from workbench.sae.training import _dense_step, _fusable, _fused_relu_step
+
+    torch.manual_seed(0)
+    x = sparse_data(n=64, d=16)
+    sae = create("relu", d=16, expansion=4)
+    init_from_data(sae, x)
+    with torch.no_grad():
+        sae.W_enc.add_(0.3 * torch.randn_like(sae.W_enc))
+        sae.b_enc.normal_(0, 0.2)
+        sae.b_dec.normal_(0, 0.1)
+    assert _fusable(sae) and not _fusable(create("topk", d=16, expansion=4, k=3))
+    live = torch.zeros(sae.d_sae, dtype=torch.bool)
+    sae.train()
+    grads = []
+    for step in ("fused", "dense"):
+        sae.zero_grad()
+        res = _fused_relu_step(sae, x, live, 8, l1_coef) if step == "fused" else \
+            _dense_step(sae, x, live, 8, l1_coef, torch.device("cpu"), False)
+        (res.rec + l1_coef * res.l1).backward()
+        grads.append({n: p.grad.clone() for n, p in sae.named_parameters()} | {
+            "rec": res.rec.detach(), "l1": res.l1.detach(), "fired": res.fired, "active": res.active})
+    fused, dense = grads
+    assert 0 < int(dense["active"]) < x.shape[0] * sae.d_sae and not bool(dense["fired"].all())
+    for key in dense:
+        torch.testing.assert_close(fused[key].float(), dense[key].float(), atol=1e-6, rtol=1e-5, msg=key)
+    dead = live.clone()
+    dead[::5] = True
+    assert _fused_relu_step(sae, x, dead, 8, l1_coef) is None   # AuxK needs the pre-activations
+    assert _fused_relu_step(sae, x, dead, 0, l1_coef) is not None
+
+
+def test_relu_training_takes_the_fused_step_and_learns():
+    """``train`` on a ReLU SAE runs the fused step (patched here to count calls) and reduces the FVU."""
+    from workbench.sae import training
+
+    calls = []
+    real = training._fused_relu_step
+
+    def counting(*a, **kw):
+        out = real(*a, **kw)
+        calls.append(out is not None)
+        return out
+
+    x = sparse_data(n=2048)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(training, "_fused_relu_step", counting)
+    try:
+        _, log = training.train(x, "relu", expansion=4, epochs=3, batch_size=256, progress=False, l1_coef=1e-3,
+                                log_every=1)
+    finally:
+        mp.undo()
+    assert any(calls)
+    assert log.rows[-1]["fvu"] < 0.5 * log.rows[0]["fvu"]
+
+
 def test_batch_topk_selection_is_exact_also_when_one_row_takes_many():
     from workbench.sae._sparse import batch_topk_selection
 
