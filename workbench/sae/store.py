@@ -121,22 +121,35 @@ def cache(model: nn.Module, data: Any, *, layer: str | int, out: str | os.PathLi
 
         ids = dataset_ids(data)
         for shard in _shards_with_batches(job, data, batch_size, num_workers, dev):
-            acts, labels = [], []
+            # float16 tokens go straight into the shard's buffer (converted by the copy on a CPU, on the
+            # model's device elsewhere: half the bytes to move), no per-batch tensors to concatenate
+            acts = torch.empty((len(shard.indices), layout.per_image, layout.d), dtype=torch.float16)
+            labels: list = []
+            pos = 0
             for batch in shard.batches:
                 x = check_images(batch["image"].to(dev, non_blocking=True).float(), run, name="the images")
-                t = layout.select(forward_to(run, x, name)).float()
-                check_finite(t.reshape(-1, layout.d), f"the activations of layer {name!r} (images "
-                             f"{shard.indices.start}..{shard.indices.stop - 1})")
-                h = t.half()   # on the model's device: half the bytes to copy, no conversion in numpy
-                if not torch.isfinite(h).all():
-                    raise ValueError(f"the activations of layer {name!r} reach {float(t.abs().max()):.3g}, beyond "
-                                     "float16's range (65504); the store keeps float16. Rescale the model's "
-                                     "inputs or cache an earlier layer.")
-                acts.append(h.cpu())
-                labels += [lab.tolist() for lab in torch.as_tensor(batch["label"])]
-            shard.write({"acts": torch.cat(acts)},
-                        rows={"id": [ids[i] for i in shard.indices], "label": labels})
+                t = layout.select(forward_to(run, x, name))
+                dst = acts[pos:pos + t.shape[0]]
+                dst.copy_(t if t.device.type == "cpu" else t.half())
+                # one pass checks both: the float32 sum of the float16 tokens is finite exactly when every
+                # token is (NaN and +-inf propagate; finite float16 values cannot overflow a float32 sum)
+                if not torch.isfinite(torch.sum(dst, dtype=torch.float32)):
+                    _raise_not_finite(t, name, shard.indices, layout.d)
+                pos += t.shape[0]
+                labels += torch.as_tensor(batch["label"]).tolist()
+            if pos != len(acts):   # pragma: no cover - the shard's batches cover its images
+                raise RuntimeError(f"shard {shard.indices} got {pos} images of {len(acts)}.")
+            shard.write({"acts": acts}, rows={"id": [ids[i] for i in shard.indices], "label": labels})
     return ActivationStore(job.finish())
+
+
+def _raise_not_finite(t: torch.Tensor, name: str, indices: range, d: int) -> None:
+    """The error for activations that are not finite as float16: NaN/inf from the model, or values
+    beyond float16's range."""
+    check_finite(t.reshape(-1, d).float(), f"the activations of layer {name!r} (images "
+                 f"{indices.start}..{indices.stop - 1})")
+    raise ValueError(f"the activations of layer {name!r} reach {float(t.abs().max()):.3g}, beyond float16's range "
+                     "(65504); the store keeps float16. Rescale the model's inputs or cache an earlier layer.")
 
 
 def _image_label(samples: list[dict[str, Any]]) -> dict[str, Any]:
