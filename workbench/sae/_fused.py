@@ -10,7 +10,7 @@ into another new tensor, and the step statistics as boolean reductions. Measured
 Here the ReLU is applied in place, the L1 term is a plain sum (the codes are non-negative), its
 gradient is added in place to the codes' gradient, the ReLU's backward is written into that same
 tensor, and the statistics are per-latent counts from one ``sign`` and one column sum. The
-numbers equal the autograd step's (tested); training loops of 12 steps ran 1.6x faster here.
+numbers equal the autograd step's (tested); `train` ran 1.5x faster here (22k -> 33k tokens/s).
 Peers (saev, Overcomplete, SAELens) build their step from autograd and pay those passes.
 """
 from __future__ import annotations
