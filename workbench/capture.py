@@ -21,6 +21,11 @@ def resolve_modules(model: nn.Module, modules: Mapping[str, nn.Module] | Sequenc
     """Turn module names (``"blocks.3.attn"``) or modules into ``{name: module}``."""
     if isinstance(modules, Mapping):
         return dict(modules)
+    if all(isinstance(m, str) for m in modules):   # by attribute path: no walk over every module (per batch)
+        try:
+            return {m: model.get_submodule(m) for m in modules}
+        except AttributeError:
+            pass   # an unknown name: the listing below says which exist
     named = dict(model.named_modules())
     by_id = {id(m): n for n, m in named.items()}
     out = {}
