@@ -538,26 +538,31 @@ def part_shortcut(args) -> None:
     test = phantom("test", RECIPE["n_test"])
     area = float(test.masks["device"].float().mean())
     rows = ["| model | rank | latent | score | reliance | label AUROC | device share | device enrichment | "
-            "marker share | outside body |", "|---|---|---|---|---|---|---|---|---|---|"]
+            "detects device (AUROC) | marker share | outside body |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     summary = []
     saes = {}
     for name, sc in (("shortcut", SHORTCUT), ("clean", None)):
         model = bench_model(name, shortcut=sc)
         store = bench_store(name, model, sc)
         sae = saes[name] = bench_sae(name, model, "topk", store, args.sae_epochs)
-        found = wb.sae.confounders(sae, model, test, top=10)
+        found = wb.sae.confounders(sae, model, test, top=10**9)   # every latent that fires, ranked
         for i, r in found.head(5).iterrows():
             rows.append(f"| {name} | {i + 1} | {int(r.latent)} | {r.score:.4f} | {r.reliance:.4f} | {r.label_auc:.3f} | "
-                        f"{r.share_device:.2f} | {r.share_device / area:.1f}x | {r.share_marker:.2f} | "
-                        f"{r.outside_body:.2f} |")
-        device_ranks = [i + 1 for i, r in found.iterrows() if r.share_device / area >= 5]
-        summary.append(f"{name}: first device latent (enrichment >= 5x) at rank "
-                       f"{device_ranks[0] if device_ranks else '> 10'}")
+                        f"{r.share_device:.2f} | {r.share_device / area:.1f}x | {r.detects_device:.2f} | "
+                        f"{r.share_marker:.2f} | {r.outside_body:.2f} |")
+        device_ranks = [i + 1 for i, r in found.head(10).iterrows() if r.share_device / area >= 5]
+        best = int(found.detects_device.fillna(0).values.argmax())
+        summary.append(f"{name}: first latent with device enrichment >= 5x at rank "
+                       f"{device_ranks[0] if device_ranks else '> 10'}; the dictionary's best device detector "
+                       f"(latent {int(found.latent.iloc[best])}, AUROC {found.detects_device.iloc[best]:.2f}) at rank "
+                       f"{best + 1} of {len(found)}")
     note = (f"Confounder search (`wb.sae.confounders`, suspects device and marker, plus outside the body) on "
             f"{len(test)} unbiased test images; score = |reliance| x off-anatomy share; reliance = mean first-order "
             f"contribution to log p(abnormal). Device enrichment = the latent's device mass share / the device's share "
-            f"of image area ({area:.2%}). " + "; ".join(summary) + ". Target: a device latent in the top 3 with the "
-            "shortcut, not without.")
+            f"of image area ({area:.2%}); detects device = AUROC of the latent's per-image maximum for the device's "
+            f"presence, within each class, averaged (`detects_device`; independent of the 8 px patch grid, which "
+            f"dilutes mass shares of a structure this small). " + "; ".join(summary) + ". Target: a device latent "
+            "in the top 3 with the shortcut, not without.")
     write_table("shortcut", "### Confounder search with and without the planted device shortcut\n\n" + machine()
                 + "\n\n" + "\n".join(rows) + "\n\n" + note)
     # Mammo-SAE interventions on the clean model

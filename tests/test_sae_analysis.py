@@ -145,6 +145,10 @@ def test_confounder_search_finds_the_planted_shortcut_only_where_the_model_uses_
     assert found.reliance.iloc[0] > 0 and found.score.iloc[0] > 0
     clean = wb.sae.confounders(sae, honest, data, top=8).set_index("latent")
     assert clean.loc[dev, "score"] == 0.0 and clean.loc[dev, "reliance"] == 0.0
+    # detection of the device's presence within each class: whatever the model uses
+    assert found.detects_device.iloc[0] == 1.0 and clean.loc[dev, "detects_device"] == 1.0
+    assert clean.loc[CHANNELS.index("lung"), "detects_device"] == 0.5   # on every image: no information
+    assert clean.loc[CHANNELS.index("marker"), "detects_marker"] == 1.0
     # the marker sits outside the body: counted off-anatomy, but the model does not use it
     assert clean.loc[CHANNELS.index("marker"), "outside_body"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="needs masks of"):

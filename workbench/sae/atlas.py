@@ -284,10 +284,15 @@ def confounders(sae: SAE, model: nn.Module, data: Any, *, suspects: Sequence[str
     (code x gradient summed over tokens, see :func:`workbench.sae.analysis.reliance`): how much the
     model's output depends on it; ``label_auc``, the AUROC of its per-image mean activation for
     the label; ``off_share``, the share of its activation mass on the suspect structures or
-    outside ``body``; per suspect, its own share. Ranked by ``score = |reliance| x off_share``: a
-    latent must be both used by the model and off the anatomy. Predicting the label alone is not
-    enough: on data where a device co-occurs with the label, every device latent predicts it,
-    whether the model uses it or not.
+    outside ``body``; per suspect, its own share, and ``detects_<suspect>``: how well the latent's
+    per-image maximum tells images with the suspect from images without it (AUROC within each
+    class, averaged over the classes, so that a suspect that co-occurs with the label does not
+    count). Ranked by ``score = |reliance| x off_share``: a latent must be both used by the model
+    and off the anatomy. Predicting the label alone is not enough: on data where a device co-occurs
+    with the label, every device latent predicts it, whether the model uses it or not.
+    The mass share is diluted by the patch grid when a suspect is small (a drain covering 0.3 % of a
+    64 px image spreads over 8 px patches: a latent firing on its patches has most of its mass
+    beside it); ``detects_<suspect>`` does not depend on the grid.
 
     Args:
         sae, model: the SAE and the model whose layer it reads.
@@ -299,7 +304,8 @@ def confounders(sae: SAE, model: nn.Module, data: Any, *, suspects: Sequence[str
 
     Returns:
         A pandas DataFrame sorted by ``score`` (latent, score, reliance, label_auc, off_share,
-        one ``share_<suspect>`` column per suspect, outside_body, frequency).
+        one ``share_<suspect>`` and ``detects_<suspect>`` column per suspect, outside_body,
+        frequency).
     """
     import pandas as pd
 
@@ -323,13 +329,15 @@ def confounders(sae: SAE, model: nn.Module, data: Any, *, suspects: Sequence[str
     mass = torch.zeros(n_lat, len(suspects) + 2, dtype=torch.float64, device=dev)  # suspects, outside, off
     total = torch.zeros(n_lat, dtype=torch.float64, device=dev)
     fired = torch.zeros(n_lat, dtype=torch.float64, device=dev)
-    rel, pooled, labels, n_patch = [], [], [], 0
+    rel, pooled, peaks, present, labels, n_patch = [], [], [], [], [], 0
     for batch in batches(b, data, batch_size=batch_size, masks=True, attribute=t):
         rel.append(batch["reliance"].cpu())
         a = b.layout.patch_tokens(batch["codes"]).double()
         pooled.append(a.mean(1).cpu())
+        peaks.append(a.amax(1).float().cpu())
         labels.append(batch["label"].cpu())
         sus = torch.stack([batch["masks"][s] for s in suspects], 1).bool()
+        present.append(sus.flatten(2).any(-1).cpu())
         off = sus.any(1)
         fr = [patch_fractions(sus[:, i], grid) for i in range(len(suspects))]
         if body:
@@ -349,13 +357,23 @@ def confounders(sae: SAE, model: nn.Module, data: Any, *, suspects: Sequence[str
     cls = target_class(task, 2 if task == "binary" else max(2, y.shape[-1] if y.ndim == 2 else int(y.max()) + 1), t)
     pos = y[:, cls] > 0.5 if y.ndim == 2 else y == cls
     label_auc = _rank_auc(torch.cat(pooled).float(), pos)
+    peak, has = torch.cat(peaks), torch.cat(present)
     off_share = shares[:, -1]
     score = reliance_mean.abs() * off_share
     df = pd.DataFrame({"latent": range(n_lat), "score": score.numpy(), "reliance": reliance_mean.numpy(),
                        "label_auc": label_auc.numpy(), "off_share": off_share.numpy()})
     for i, s in enumerate(suspects):
         df[f"share_{s}"] = shares[:, i].numpy()
+    for i, s in enumerate(suspects):
+        df[f"detects_{s}"] = _within_class_auc(peak, has[:, i], pos).numpy()
     if body:
         df["outside_body"] = shares[:, len(suspects)].numpy()
     df["frequency"] = (fired / max(n_patch, 1)).float().cpu().numpy()
     return df[df.frequency > 0].sort_values("score", ascending=False).head(int(top)).reset_index(drop=True)
+
+
+def _within_class_auc(scores: torch.Tensor, present: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """(N, K) scores, (N,) bool presence, (N,) bool class -> (K,) AUROC of the scores for presence
+    within each class, averaged over the classes where presence varies (NaN if in none)."""
+    aucs = [_rank_auc(scores[g], present[g]) for g in (pos, ~pos) if 0 < int(present[g].sum()) < int(g.sum())]
+    return torch.stack(aucs).mean(0) if aucs else torch.full((scores.shape[1],), float("nan"))
