@@ -500,13 +500,22 @@ def test_cli_train_concepts(tmp_path, mode):
     out = tmp_path / "run"
     code = main(["train", "--data", str(root), "--model", "vit_tiny", "--size", "16", "--patch-size", "8", "--depth", "1",
                  "--epochs", "1", "--batch-size", "8", "--concepts", "all", "--concept-columns", "opacity,fluid",
-                 "--out", str(out), "--no-progress", "--bootstrap", "0", "--concept-mode", mode])
+                 "--out", str(out), "--no-progress", "--bootstrap", "0", "--concept-mode", mode, "--seed", "0"])
     assert code == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["model"]["kind"] == "concept_bottleneck" and m["model"]["concepts"] == ["opacity", "fluid"]
     assert "mean_concept_auc" in m["concepts"]
     cbm = wb.models.load(out / "model")
     assert isinstance(cbm, wc.ConceptBottleneck) and cbm.mode == mode
+    if mode == "joint":   # the head is refitted on the predicted concepts unless --no-head-refit
+        out2 = tmp_path / "run_norefit"
+        assert main(["train", "--data", str(root), "--model", "vit_tiny", "--size", "16", "--patch-size", "8", "--depth",
+                     "1", "--epochs", "1", "--batch-size", "8", "--concepts", "all", "--concept-columns",
+                     "opacity,fluid", "--out", str(out2), "--no-progress", "--bootstrap", "0", "--concept-mode", mode,
+                     "--no-head-refit", "--seed", "0"]) == 0
+        plain = wb.models.load(out2 / "model")
+        torch.testing.assert_close(plain.concept_head.weight, cbm.concept_head.weight)
+        assert not torch.allclose(plain.task_head.weight, cbm.task_head.weight)
     if mode == "independent":  # the label is the opacity concept: the fitted head reads it off exactly
         c = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
         with torch.no_grad():
