@@ -23,6 +23,7 @@ Run: flock /work/heavy.lock python benchmarks/bench_pruning.py [--parts ...] [--
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import time
@@ -143,30 +144,39 @@ FT_CRITERION = {"resnet18_phantom": "lrp", "vit_phantom": "gradient_x_activation
 TRAIN_LR = {"resnet18_phantom": 1e-3, "vit_phantom": 5e-4, "resnet18_pneumonia": 1e-3}
 
 
-def part_finetune(recipe: str, args) -> dict:
+def part_finetune(recipe: str, args) -> list[dict]:
+    """50 % pruned by the recipe's criterion, fine-tuned on the labels and (``--distill``) also with the
+    dense model as teacher (``wb.fit(..., teacher=...)``, weight 0.5, T = 2), from the same pruned model."""
     m, data = trained(recipe, args)
     unit = UNIT[recipe]
     calib = data["val"]
     s = wb.pruning.scores(m, calib, unit=unit, criterion=FT_CRITERION[recipe], progress=False)
-    small = wb.pruning.prune(m, s, ratio=0.5)
+    pruned = wb.pruning.prune(m, s, ratio=0.5)
     auc0 = wb.evaluate(m, data["test"]).auc
-    auc_p = wb.evaluate(small, data["test"]).auc
-    wb.fit(small, data["train"], epochs=args.ft_epochs, batch_size=64, lr=TRAIN_LR[recipe], progress=False, seed=0)
-    rep = wb.pruning.report(m, small, data["test"], n_explain=args.n_explain if recipe != "resnet18_pneumonia" else 0,
-                            batches=(1, 8), repeats=args.repeats, bootstrap=200, attribution_kw={"n_steps": 16})
-    row = {"model": recipe, "pruned": f"50% {unit}", "criterion": FT_CRITERION[recipe],
-           "FT lr": f"{TRAIN_LR[recipe]:g}", "dense AUC": auc0, "pruned AUC": auc_p,
-           f"after {args.ft_epochs} ep FT": rep.pruned.auc, "AUC loss (points)": 100 * (auc0 - rep.pruned.auc),
-           "params ratio": rep.summary()["params_ratio"], "latency b8 ratio": rep.latency[8]["ratio"],
-           "flips": len(rep.flips), "maps rho": rep.rank_correlation}
-    if rep.budget is not None:
-        row["max |share shift|"] = float(rep.budget["delta"].abs().max())
-        row["shift by structure"] = "; ".join(f"{r.structure} {r.original:.3f}->{r.pruned:.3f}" for r in rep.budget.itertuples()
-                                              if r.structure in ("left_lung", "right_lung", "heart", "nodule", "device", "outside"))
-    if "nodule" in rep.pointing:
-        row["nodule pointing"] = f"{rep.pointing['nodule']['original']:.2f}->{rep.pointing['nodule']['pruned']:.2f}"
-    print(md(pd.DataFrame([row])), flush=True)
-    return row
+    auc_p = wb.evaluate(pruned, data["test"]).auc
+    rows = []
+    for how in (("labels", "distilled") if args.distill else ("labels",)):
+        small = copy.deepcopy(pruned)
+        wb.fit(small, data["train"], epochs=args.ft_epochs, batch_size=64, lr=TRAIN_LR[recipe], progress=False, seed=0,
+               teacher=m if how == "distilled" else None)
+        rep = wb.pruning.report(m, small, data["test"], n_explain=args.n_explain if recipe != "resnet18_pneumonia" else 0,
+                                batches=(1, 8), repeats=args.repeats, bootstrap=200, attribution_kw={"n_steps": 16})
+        row = {"model": recipe, "pruned": f"50% {unit}", "criterion": FT_CRITERION[recipe], "FT": how,
+               "FT lr": f"{TRAIN_LR[recipe]:g}", "dense AUC": auc0, "pruned AUC": auc_p,
+               f"after {args.ft_epochs} ep FT": rep.pruned.auc, "AUC loss (points)": 100 * (auc0 - rep.pruned.auc),
+               "params ratio": rep.summary()["params_ratio"], "latency b8 ratio": rep.latency[8]["ratio"],
+               "flips": len(rep.flips), "maps rho": rep.rank_correlation}
+        if rep.budget is not None:
+            row["max |share shift|"] = float(rep.budget["delta"].abs().max())
+            row["shift by structure"] = "; ".join(f"{r.structure} {r.original:.3f}->{r.pruned:.3f}"
+                                                  for r in rep.budget.itertuples()
+                                                  if r.structure in ("left_lung", "right_lung", "heart", "nodule",
+                                                                     "device", "outside"))
+        if "nodule" in rep.pointing:
+            row["nodule pointing"] = f"{rep.pointing['nodule']['original']:.2f}->{rep.pointing['nodule']['pruned']:.2f}"
+        print(md(pd.DataFrame([row])), flush=True)
+        rows.append(row)
+    return rows
 
 
 def part_heads(args) -> dict:
@@ -249,6 +259,7 @@ def main() -> None:
     p.add_argument("--vit-epochs", type=int, default=10)
     p.add_argument("--cnn-epochs", type=int, default=4)
     p.add_argument("--ft-epochs", type=int, default=2)
+    p.add_argument("--distill", action="store_true", help="finetune: also fine-tune with the dense model as teacher")
     p.add_argument("--n-explain", type=int, default=32)
     p.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
     p.add_argument("--shortcut-ratios", type=float, nargs="+", default=[0.02, 0.05, 0.1])
@@ -288,10 +299,11 @@ def main() -> None:
         sections.append("### 50% of the ViT's heads (global ranking)\n\n" + md(pd.DataFrame([part_heads(args)])))
         write()
     if "finetune" in parts:
-        rows = [part_finetune(r, args) for r in recipes]
+        rows = [row for r in recipes for row in part_finetune(r, args)]
         sections.append(f"### 50% pruned (each model's criterion of the largest area) and fine-tuned {args.ft_epochs} "
-                        "epochs at its training learning rate: AUC, speed and "
-                        "where the explanations fall (integrated gradients, 1 px smoothing)\n\n" + md(pd.DataFrame(rows)))
+                        "epochs at its training learning rate (FT on the labels; distilled: with the dense model as "
+                        "teacher, `wb.fit(..., teacher=dense)`, weight 0.5, T = 2): AUC, speed and where the "
+                        "explanations fall (integrated gradients, 1 px smoothing)\n\n" + md(pd.DataFrame(rows)))
         write()
     if "shortcut" in parts:
         sections.append("### Shortcut removal (ResNet-18 trained with the device planted in 90% of abnormal / 10% of "

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from workbench import _checks as ck
 from workbench._device import model_device
 from workbench.jobs._dist import Dist, all_reduce_sum, broadcast, distributed, gather_by_index, rank_device
+from workbench._train_distill import make_distill
 from workbench._train_guide import GUIDE_WEIGHT, make_guide
 from workbench._train_data import (BatchSource, TensorSource, as_source, class_weights, describe_nan, labels_of,
                                    resolve_workers, task_of)
@@ -185,7 +186,8 @@ def fit(model: torch.nn.Module, train: Any, val: Any = None, *, epochs: int = 10
         augment: Callable[[dict[str, Any]], Any] | None = None, num_workers: int | str = "auto",
         seed: int = 0, amp: bool | str = "auto", progress: bool = True, grad_clip: float | None = None,
         warmup: float = 0.05, max_seconds: float | None = None, guide_masks: str | Sequence[str] | None = None,
-        guide_weight: float = GUIDE_WEIGHT) -> History:
+        guide_weight: float = GUIDE_WEIGHT, teacher: torch.nn.Module | None = None, distill_weight: float = 0.5,
+        temperature: float = 2.0) -> History:
     """Train ``model`` in place (a training verb) and return its ``History``.
 
     AdamW (no weight decay on biases, norms and position embeddings), a per-step cosine schedule
@@ -226,6 +228,13 @@ def fit(model: torch.nn.Module, train: Any, val: Any = None, *, epochs: int = 10
             penalised for the samples that have a non-empty mask, the others train normally
             (``workbench._train_guide``). About 2-3x the cost of a plain step.
         guide_weight: the penalty's weight (``workbench._train_guide.GUIDE_WEIGHT`` by default).
+        teacher: knowledge distillation (Hinton et al. 2015; ``workbench._train_distill``): a trained
+            model with the same outputs (e.g. the dense model a pruned one was cut from); the loss
+            becomes ``(1 - distill_weight) x task loss + distill_weight x T^2 x KL`` of the softened
+            outputs. The teacher is moved to the training device and run in eval mode without
+            gradients (its mode is restored; its weights never change). One more forward per step.
+        distill_weight: the distillation term's share of the loss, in [0, 1].
+        temperature: ``T``, the softening of both models' outputs.
 
     Returns:
         History with one row per epoch.
@@ -269,6 +278,16 @@ def fit(model: torch.nn.Module, train: Any, val: Any = None, *, epochs: int = 10
     weights = _resolve_weights(class_weights, train, task, num_logits, dev)
     loss_fn = _loss_fn(task, weights)
     objective = _objective(model, loss_fn, dev.type, use_amp)
+    teacher_was = None
+    if teacher is not None:
+        distill, teacher_logits = make_distill(model, teacher, distill_weight, temperature, task, dev, use_amp,
+                                               src.first_image()[:1])
+        if teacher_logits != num_logits:
+            raise ValueError(f"the teacher has {teacher_logits} outputs but the model {num_logits}; distillation "
+                             "needs a teacher for the same task (the dense model a pruned one was cut from).")
+        objective = distill.wrap(objective)
+        teacher_was = teacher.training
+        teacher.eval()
     if guide is not None:
         objective = guide.wrap(objective)
     trained = model
@@ -352,6 +371,8 @@ def fit(model: torch.nn.Module, train: Any, val: Any = None, *, epochs: int = 10
         finally:
             bar.close()
             model.train(was_training)
+            if teacher_was is not None:
+                teacher.train(teacher_was)
     restored = False
     if best_state is not None and best_epoch != rows[-1]["epoch"]:
         model.load_state_dict(best_state)
