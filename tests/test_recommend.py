@@ -71,3 +71,20 @@ def test_the_shipped_evidence_is_complete():
         for fam in ("cnn", "vit"):
             rows = data["modalities"][modality][fam]["rows"]
             assert rows and all(0 <= r["pointing"] <= 1 for r in rows)
+
+
+def test_a_method_measured_on_few_lesions_does_not_win_on_luck(evidence, monkeypatch, tmp_path):
+    """Ranked by the CI's lower end: 0.52 on 8 lesions [0.20, 0.82] loses to 0.47 on 98 [0.39, 0.55]."""
+    rows = _rows(("feature_ablation", 0.52, 0.25), ("occlusion", 0.47, 0.23))
+    rows[0].update(n=8, pointing_lo=0.20, pointing_hi=0.82)
+    rows[1].update(pointing_lo=0.39, pointing_hi=0.55)
+    path = tmp_path / "few.json"
+    path.write_text(json.dumps({"modalities": {"ultrasound": {"cnn": {"source": "s", "rows": rows}}}}))
+    monkeypatch.setattr(R, "EVIDENCE", path)
+    R._load.cache_clear()
+    from timm.models.resnet import BasicBlock, ResNet
+
+    resnet = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=3, in_chans=1, channels=(8, 16, 32, 64))
+    r = R.recommend(resnet, modality="ultrasound")
+    assert r.method == "occlusion" and list(r.evidence["method"]) == ["occlusion", "feature_ablation"]
+

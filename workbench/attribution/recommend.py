@@ -89,7 +89,8 @@ def _runs(model: nn.Module, method: str) -> bool:
 
 
 def recommend(model: nn.Module, modality: str = "ultrasound") -> Recommendation:
-    """The attribution method that localised real findings best for this kind of model and modality.
+    """The attribution method that localised real findings best for this kind of model and modality:
+    the highest lower bound of the pointing game's 95 % CI (then the pointing game, then relevance mass).
 
     Args:
         model: the classifier you want to explain (its family, CNN or ViT, picks the evidence; methods
@@ -124,7 +125,10 @@ def recommend(model: nn.Module, modality: str = "ultrasound") -> Recommendation:
     fam = _family(model)
     entry = data["modalities"][key]
     rows = pd.DataFrame(entry[fam]["rows"])
-    rows = rows[[_runs(model, m) for m in rows["method"]]].sort_values(["pointing", "mass"], ascending=False)
+    # ranked by the lower end of the pointing game's 95 % CI first: a method measured on 8 lesions (0.52
+    # [0.20, 0.82]) must not win on luck over one measured on all 98 (0.47 [0.39, 0.55])
+    rows = rows[[_runs(model, m) for m in rows["method"]]].sort_values(["pointing_lo", "pointing", "mass"],
+                                                                        ascending=False)
     best = rows.iloc[0]
     notes = [entry[fam].get("note", "")]
     if best["pointing"] < 0.8:
