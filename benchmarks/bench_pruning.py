@@ -155,13 +155,15 @@ def part_finetune(recipe: str, args) -> list[dict]:
     auc0 = wb.evaluate(m, data["test"]).auc
     auc_p = wb.evaluate(pruned, data["test"]).auc
     rows = []
-    for how in (("labels", "distilled") if args.distill else ("labels",)):
+    runs = [("labels", 0.0)] + ([("distilled", w) for w in args.distill_weights] if args.distill else [])
+    for how, w in runs:
         small = copy.deepcopy(pruned)
         wb.fit(small, data["train"], epochs=args.ft_epochs, batch_size=64, lr=TRAIN_LR[recipe], progress=False, seed=0,
-               teacher=m if how == "distilled" else None)
+               teacher=m if how == "distilled" else None, distill_weight=w if how == "distilled" else 0.5)
         rep = wb.pruning.report(m, small, data["test"], n_explain=args.n_explain if recipe != "resnet18_pneumonia" else 0,
                                 batches=(1, 8), repeats=args.repeats, bootstrap=200, attribution_kw={"n_steps": 16})
-        row = {"model": recipe, "pruned": f"50% {unit}", "criterion": FT_CRITERION[recipe], "FT": how,
+        row = {"model": recipe, "pruned": f"50% {unit}", "criterion": FT_CRITERION[recipe],
+               "FT": how if how == "labels" else f"distilled, weight {w:g}",
                "FT lr": f"{TRAIN_LR[recipe]:g}", "dense AUC": auc0, "pruned AUC": auc_p,
                f"after {args.ft_epochs} ep FT": rep.pruned.auc, "AUC loss (points)": 100 * (auc0 - rep.pruned.auc),
                "params ratio": rep.summary()["params_ratio"], "latency b8 ratio": rep.latency[8]["ratio"],
@@ -260,6 +262,7 @@ def main() -> None:
     p.add_argument("--cnn-epochs", type=int, default=4)
     p.add_argument("--ft-epochs", type=int, default=2)
     p.add_argument("--distill", action="store_true", help="finetune: also fine-tune with the dense model as teacher")
+    p.add_argument("--distill-weights", type=float, nargs="+", default=[0.5], help="finetune --distill: the weights")
     p.add_argument("--n-explain", type=int, default=32)
     p.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
     p.add_argument("--shortcut-ratios", type=float, nargs="+", default=[0.02, 0.05, 0.1])
@@ -302,7 +305,7 @@ def main() -> None:
         rows = [row for r in recipes for row in part_finetune(r, args)]
         sections.append(f"### 50% pruned (each model's criterion of the largest area) and fine-tuned {args.ft_epochs} "
                         "epochs at its training learning rate (FT on the labels; distilled: with the dense model as "
-                        "teacher, `wb.fit(..., teacher=dense)`, weight 0.5, T = 2): AUC, speed and where the "
+                        "teacher, `wb.fit(..., teacher=dense, distill_weight=w)`, T = 2): AUC, speed and where the "
                         "explanations fall (integrated gradients, 1 px smoothing)\n\n" + md(pd.DataFrame(rows)))
         write()
     if "shortcut" in parts:
