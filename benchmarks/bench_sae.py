@@ -525,6 +525,10 @@ def part_atlas(args) -> None:
             r1 = at.best[(at.best.structure == s) & (at.best["rank"] == 1)].iloc[0]
             rows.append(f"| cxr_anatomy, SAE trained on its own tokens | {s} | {int(r1.latent)} | **{r1.auroc:.3f}** | "
                         f"{r1.ap:.3f} | {r1.mass:.2f} | {r1.frequency:.1%} | |")
+    else:   # say so in the table rather than leave the real-radiograph rows out silently
+        print("  atlas: ../shared/data/cxr_anatomy not found (set WORKBENCH_SHARED_DATA): real-radiograph rows skipped",
+              flush=True)
+        rows.append("| cxr_anatomy: not found on this machine (WORKBENCH_SHARED_DATA) | | | | | | | |")
     note = (f"sae_vit64_clean, layer {MIDDLE}, TopK SAE (x8, k = 32) trained on the phantom training split; "
             "heatmaps = patch activations upsampled bilinearly; all 768 latents screened on nearest-upsampled maps "
             "and the 4 best per structure re-scored on bilinear maps (histograms of 256 levels). Goal on the "
