@@ -96,7 +96,11 @@ def load_part(name: str) -> tuple[pd.DataFrame | None, str]:
 
 def busi(split: str, size: int | None = SIZE):
     """BUSI split at ``size`` px; train without the 19 images whose label contradicts a duplicate."""
-    ds = wb.data.load(wb.data.shared_data_path() / "busi", split=split, size=size)
+    root = wb.data.shared_data_path()
+    if root is None or not (root / "busi").is_dir():
+        raise SystemExit("BUSI not found: this benchmark reads ../shared/data/busi beside the checkout, or the folder "
+                         "named by WORKBENCH_SHARED_DATA (set it when running from another directory).")
+    ds = wb.data.load(root / "busi", split=split, size=size)
     if split == "train":
         keep = [i for i, m in enumerate(ds.meta) if not m.get("label_conflict")]
         ds = ds.subset(keep)
