@@ -81,7 +81,13 @@ def scenario_train(out: Path) -> None:
     history = wb.fit(model, separable(64), separable(40, seed=1), epochs=2, batch_size=16 // d.world_size, lr=0.05,
                      class_weights=None, progress=False, device="cpu", num_workers=0)
     ev = wb.evaluate(model, torch.utils.data.Subset(separable(40, seed=2), range(1, 40)), device="cpu", num_workers=0)
+    # distillation under DDP: a fresh student taught by the trained model (each rank runs the teacher on its share)
+    torch.manual_seed(1)
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    wb.fit(student, separable(64), epochs=1, batch_size=16 // d.world_size, lr=0.05, class_weights=None,
+           progress=False, device="cpu", num_workers=0, teacher=model, distill_weight=0.7)
     torch.save({"weights": [p.detach() for p in model.parameters()], "loss": history.loss,
+                "student": [p.detach() for p in student.parameters()],
                 "val_auc": history.val_auc, "auc": ev.auc, "n": ev.n, "world": d.world_size},
                out / f"train_rank{d.rank}_world{d.world_size}.pt")
 

@@ -182,6 +182,9 @@ def test_torchrun_two_ranks_split_the_shards_and_a_dead_rank_resumes(tmp_path):
     for a, b, c in zip(ranks[0]["weights"], ranks[1]["weights"], ref["weights"]):
         assert torch.equal(a, b)                                            # ranks stay in sync
         torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-5)              # and train like one process
+    for a, b, c in zip(ranks[0]["student"], ranks[1]["student"], ref["student"]):   # fit(teacher=...) too
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-5)
     assert ranks[0]["loss"] == pytest.approx(ref["loss"], rel=1e-4) and ranks[0]["val_auc"] == ref["val_auc"]
     assert ranks[0]["auc"] == ranks[1]["auc"] == ref["auc"] and ranks[0]["n"] == ranks[1]["n"] == 39
 

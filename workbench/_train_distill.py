@@ -9,7 +9,8 @@ The ``T^2`` keeps the gradient's scale independent of the temperature. The use h
 pruning (``workbench.pruning``): the dense model teaches its pruned copy, so that fine-tuning pulls
 the small model back towards the function it was cut from, rather than towards whatever else fits
 the labels. Torch-Pruning's examples recover the same way; it is a few lines on top of ``fit``'s
-objective, so it is written here rather than imported.
+objective, so it is written here rather than imported. Under ``torchrun`` each rank runs the teacher
+on its share of the batch; the result equals one process's (tests/test_jobs.py).
 """
 from __future__ import annotations
 
