@@ -52,10 +52,9 @@ class Distill:
 
 
 def make_distill(model: torch.nn.Module, teacher: Any, weight: float, temperature: float, task: str,
-                 device: torch.device, use_amp: bool, probe: torch.Tensor) -> tuple[Distill, int]:
-    """Check the settings and the teacher, move it to ``device`` and return the term with the number
-    of the teacher's outputs on ``probe`` images (the caller compares it with the model's and puts
-    the teacher in eval mode for training)."""
+                 device: torch.device, use_amp: bool) -> Distill:
+    """Check the settings and the teacher and move it to ``device`` (the caller checks its outputs
+    against the model's and puts it in eval mode for training)."""
     if not isinstance(teacher, torch.nn.Module):
         raise TypeError(f"teacher must be a trained model (nn.Module) with the same outputs as the model; got "
                         f"{type(teacher).__name__}.")
@@ -65,13 +64,4 @@ def make_distill(model: torch.nn.Module, teacher: Any, weight: float, temperatur
     ck.check_number(weight, "distill_weight", low=0, high=1)
     ck.check_number(temperature, "temperature", low=0, low_open=True)
     teacher.to(device)
-    with torch.no_grad():
-        was = teacher.training
-        teacher.eval()
-        try:
-            out_t = teacher(probe.to(device))
-        finally:
-            teacher.train(was)
-    if out_t.ndim != 2:
-        raise ValueError(f"the teacher returns shape {tuple(out_t.shape)}; expected (batch, classes) logits.")
-    return Distill(teacher, float(weight), float(temperature), task, device.type, use_amp), int(out_t.shape[1])
+    return Distill(teacher, float(weight), float(temperature), task, device.type, use_amp)

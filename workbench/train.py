@@ -280,12 +280,11 @@ def fit(model: torch.nn.Module, train: Any, val: Any = None, *, epochs: int = 10
     objective = _objective(model, loss_fn, dev.type, use_amp)
     teacher_was = None
     if teacher is not None:
-        distill, teacher_logits = make_distill(model, teacher, distill_weight, temperature, task, dev, use_amp,
-                                               src.first_image()[:1])
+        objective = make_distill(model, teacher, distill_weight, temperature, task, dev, use_amp).wrap(objective)
+        teacher_logits = _num_logits(teacher, src)   # the same probe as the model's, now that it is on dev
         if teacher_logits != num_logits:
             raise ValueError(f"the teacher has {teacher_logits} outputs but the model {num_logits}; distillation "
                              "needs a teacher for the same task (the dense model a pruned one was cut from).")
-        objective = distill.wrap(objective)
         teacher_was = teacher.training
         teacher.eval()
     if guide is not None:

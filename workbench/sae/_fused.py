@@ -33,6 +33,7 @@ class _ReluStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xn, w_enc, b_eff, w_dec, b_dec):  # noqa: D102 - autograd protocol
+        ctx.set_materialize_grads(False)   # an unused output (l1_sum without L1) gets None, not a zero pass
         xn1 = torch.cat([xn, xn.new_ones(xn.shape[0], 1)], 1)
         codes = (xn1 @ torch.cat([w_enc, b_eff[None]], 0)).clamp_min_(0)
         x_hat = torch.addmm(b_dec, codes, w_dec)
