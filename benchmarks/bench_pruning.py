@@ -146,7 +146,8 @@ TRAIN_LR = {"resnet18_phantom": 1e-3, "vit_phantom": 5e-4, "resnet18_pneumonia":
 
 def part_finetune(recipe: str, args) -> list[dict]:
     """50 % pruned by the recipe's criterion, fine-tuned on the labels and (``--distill``) also with the
-    dense model as teacher (``wb.fit(..., teacher=...)``, weight 0.5, T = 2), from the same pruned model."""
+    dense model as teacher (``wb.fit(..., teacher=...)``, each of ``--distill-weights``, T = 2), from the same
+    pruned model."""
     m, data = trained(recipe, args)
     unit = UNIT[recipe]
     calib = data["val"]
@@ -155,15 +156,16 @@ def part_finetune(recipe: str, args) -> list[dict]:
     auc0 = wb.evaluate(m, data["test"]).auc
     auc_p = wb.evaluate(pruned, data["test"]).auc
     rows = []
-    runs = [("labels", 0.0)] + ([("distilled", w) for w in args.distill_weights] if args.distill else [])
-    for how, w in runs:
+    runs = [("labels", {})] + [(f"distilled, weight {w:g}", {"teacher": m, "distill_weight": w})
+                               for w in (args.distill_weights if args.distill else [])]
+    for how, distill in runs:
         small = copy.deepcopy(pruned)
         wb.fit(small, data["train"], epochs=args.ft_epochs, batch_size=64, lr=TRAIN_LR[recipe], progress=False, seed=0,
-               teacher=m if how == "distilled" else None, distill_weight=w if how == "distilled" else 0.5)
+               **distill)
         rep = wb.pruning.report(m, small, data["test"], n_explain=args.n_explain if recipe != "resnet18_pneumonia" else 0,
                                 batches=(1, 8), repeats=args.repeats, bootstrap=200, attribution_kw={"n_steps": 16})
         row = {"model": recipe, "pruned": f"50% {unit}", "criterion": FT_CRITERION[recipe],
-               "FT": how if how == "labels" else f"distilled, weight {w:g}",
+               "FT": how,
                "FT lr": f"{TRAIN_LR[recipe]:g}", "dense AUC": auc0, "pruned AUC": auc_p,
                f"after {args.ft_epochs} ep FT": rep.pruned.auc, "AUC loss (points)": 100 * (auc0 - rep.pruned.auc),
                "params ratio": rep.summary()["params_ratio"], "latency b8 ratio": rep.latency[8]["ratio"],
