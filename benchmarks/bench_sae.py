@@ -32,6 +32,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -494,45 +495,56 @@ ATLAS_PHANTOM = ("left_lung", "right_lung", "heart", "nodule", "effusion", "devi
 ATLAS_CXR = ("left_lung", "right_lung", "cardiomediastinum")
 
 
+def _atlas_rows(at: Any, label: str, structures: Sequence[str], second: bool = True) -> list[str]:
+    rows = []
+    for s in structures:
+        b = at.best[at.best.structure == s].sort_values("rank")
+        r1 = b.iloc[0]
+        r2 = f"{b.iloc[1].auroc:.3f}" if second and len(b) > 1 else ""
+        rows.append(f"| {label} | {s} | {int(r1.latent)} | **{r1.auroc:.3f}** | {r1.ceiling:.3f} | {r1.ap:.3f} | "
+                    f"{r1.mass:.2f} | {r1.frequency:.1%} | {r2} |")
+    return rows
+
+
 def part_atlas(args) -> None:
     model = bench_model("clean")
     store = bench_store("clean", model)
     sae = bench_sae("clean", model, "topk", store, args.sae_epochs)
     test = phantom("test", RECIPE["n_test"])
-    rows = ["| data | structure | best latent | pixel AUROC | AP | mass share | latent fires on (patches) | "
-            "2nd best AUROC |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| data | structure | best latent | pixel AUROC | grid ceiling | AP | mass share | latent fires on "
+            "(patches) | 2nd best AUROC |", "|---|---|---|---|---|---|---|---|---|"]
     at = wb.sae.atlas(sae, model, test, structures=ATLAS_PHANTOM, top=2)
-    for s in ATLAS_PHANTOM:
-        b = at.best[at.best.structure == s].sort_values("rank")
-        r1, r2 = b.iloc[0], (b.iloc[1] if len(b) > 1 else None)
-        rows.append(f"| phantom test ({len(test)} images, 64 px) | {s} | {int(r1.latent)} | **{r1.auroc:.3f}** | "
-                    f"{r1.ap:.3f} | {r1.mass:.2f} | {r1.frequency:.1%} | {r2.auroc if r2 is not None else float('nan'):.3f} |")
+    rows += _atlas_rows(at, f"phantom test ({len(test)} images, 64 px)", ATLAS_PHANTOM)
+    # the model trained with the device shortcut (part shortcut's), with its own SAE: a model that
+    # uses the drain has a reason to represent it
+    short = bench_model("shortcut", shortcut=SHORTCUT)
+    short_sae = bench_sae("shortcut", short, "topk", bench_store("shortcut", short, SHORTCUT), args.sae_epochs)
+    at = wb.sae.atlas(short_sae, short, test, structures=("device", "marker"), top=2)
+    rows += _atlas_rows(at, "phantom test, the shortcut model and its SAE", ("device", "marker"))
     cxr_dir = wb.data.shared_data_path()
     if cxr_dir is not None and (Path(cxr_dir) / "cxr_anatomy").is_dir():
         cxr = wb.data.load(str(Path(cxr_dir) / "cxr_anatomy"), label_column="finding", size=RECIPE["size"],
                            channels=1)
         cxr.task = "multiclass"
         at = wb.sae.atlas(sae, model, cxr, structures=ATLAS_CXR, top=2)
-        for s in ATLAS_CXR:
-            r1 = at.best[(at.best.structure == s) & (at.best["rank"] == 1)].iloc[0]
-            rows.append(f"| cxr_anatomy ({len(cxr)} real radiographs, 64 px) | {s} | {int(r1.latent)} | "
-                        f"**{r1.auroc:.3f}** | {r1.ap:.3f} | {r1.mass:.2f} | {r1.frequency:.1%} | |")
+        rows += _atlas_rows(at, f"cxr_anatomy ({len(cxr)} real radiographs, 64 px)", ATLAS_CXR, second=False)
         # an SAE fitted to the real radiographs' own tokens (same model, same layer)
         own, _ = wb.sae.train(wb.sae.activations(model, cxr, layer=MIDDLE), "topk", expansion=8, k=32, epochs=50,
                               batch_size=1024, progress=False, device="cpu")
         at = wb.sae.atlas(own, model, cxr, structures=ATLAS_CXR, top=2)
-        for s in ATLAS_CXR:
-            r1 = at.best[(at.best.structure == s) & (at.best["rank"] == 1)].iloc[0]
-            rows.append(f"| cxr_anatomy, SAE trained on its own tokens | {s} | {int(r1.latent)} | **{r1.auroc:.3f}** | "
-                        f"{r1.ap:.3f} | {r1.mass:.2f} | {r1.frequency:.1%} | |")
+        rows += _atlas_rows(at, "cxr_anatomy, SAE trained on its own tokens", ATLAS_CXR, second=False)
     else:   # say so in the table rather than leave the real-radiograph rows out silently
         print("  atlas: ../shared/data/cxr_anatomy not found (set WORKBENCH_SHARED_DATA): real-radiograph rows skipped",
               flush=True)
-        rows.append("| cxr_anatomy: not found on this machine (WORKBENCH_SHARED_DATA) | | | | | | | |")
+        rows.append("| cxr_anatomy: not found on this machine (WORKBENCH_SHARED_DATA) | | | | | | | | |")
     note = (f"sae_vit64_clean, layer {MIDDLE}, TopK SAE (x8, k = 32) trained on the phantom training split; "
             "heatmaps = patch activations upsampled bilinearly; all 768 latents screened on nearest-upsampled maps "
-            "and the 4 best per structure re-scored on bilinear maps (histograms of 256 levels). Goal on the "
-            "phantom: best AUROC >= 0.9 for each structure. Real radiographs: the phantom model and SAE applied "
+            "and the 4 best per structure re-scored on bilinear maps (histograms of 256 levels). Grid ceiling: the "
+            "pixel AUROC of the structure's own patch-coverage map upsampled the same way, what a perfect detector "
+            "on the 8 x 8 patch grid would score (`Atlas.ceiling`); a thin drain cannot be matched pixel for pixel "
+            "by any latent of this layer. Goal on the phantom: best AUROC >= 0.9 for each structure. Shortcut rows: "
+            "sae_vit64_shortcut (drains planted with the abnormal class) and a TopK SAE trained on its own store. "
+            "Real radiographs: the phantom model and SAE applied "
             "to ../shared/data/cxr_anatomy resized to 64 px (every image, masks where annotated), and an SAE "
             "trained on those 100 images' own tokens (50 epochs; the atlas is then measured on the images it was "
             "trained on).")

@@ -38,8 +38,9 @@ class MaskNet(nn.Module):
         return self.head(self.pool(x).mean((2, 3)))
 
 
-def planted_data(n: int = 24, seed: int = 0) -> ArrayDataset:
-    """Structures aligned to the 4-px patch grid; label = nodule present; device in even images."""
+def planted_data(n: int = 24, seed: int = 0, thin_device: bool = False) -> ArrayDataset:
+    """Structures aligned to the 4-px patch grid; label = nodule present; device in even images
+    (``thin_device``: a 1-px line inside the device's patch column instead)."""
     g = np.random.default_rng(seed)
     masks = {k: np.zeros((n, SIZE, SIZE), bool) for k in ("body",) + CHANNELS}
     labels = np.zeros(n, int)
@@ -47,7 +48,7 @@ def planted_data(n: int = 24, seed: int = 0) -> ArrayDataset:
         masks["body"][i, 4:32, 4:28] = True
         masks["lung"][i, 8:24, 8:24] = True
         if i % 2 == 0:
-            masks["device"][i, 4:28, 20:24] = True
+            masks["device"][i, 4:28, slice(21, 22) if thin_device else slice(20, 24)] = True
         if i % 3 == 0:
             r, c = 4 * g.integers(2, 6), 4 * g.integers(2, 6)
             masks["nodule"][i, r:r + 4, c:c + 4] = True
@@ -135,6 +136,38 @@ def test_atlas_finds_each_structure_latent_and_matches_a_direct_pixel_auroc(plan
     assert len(at.table(min_frequency=0)) == 4 and hook_count(model) == 0
     with pytest.raises(ValueError, match="not in the dataset"):
         wb.sae.atlas(sae, model, data, structures=["liver"])
+
+
+def test_atlas_grid_ceiling_is_the_coverage_map_and_bounds_nearest_scores(planted):
+    """A 1-px device line on 4-px patches: no patch-level map can reach AUROC 1. The exact SAE's
+    device latent is the patch coverage itself, so it meets the ceiling; grid-aligned structures
+    have a ceiling of 1; the ceiling equals a direct pixel AUROC of the upsampled coverage map."""
+    from sklearn.metrics import roc_auc_score
+
+    _, model, _, sae = planted
+    thin = planted_data(thin_device=True)
+    at = wb.sae.atlas(sae, model, thin, upsample_mode="nearest", bins=4096)
+    best = at.best_per_structure().set_index("structure")
+    assert at.ceiling["lung"] == pytest.approx(1.0) and at.ceiling["nodule"] == pytest.approx(1.0)
+    y = thin.masks["device"]
+    cover = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(y.float()[:, None], PATCH),
+                                            scale_factor=PATCH, mode="nearest")
+    direct = roc_auc_score(y.flatten().numpy(), cover.flatten().numpy())
+    assert direct < 0.99 and at.ceiling["device"] == pytest.approx(direct, abs=2e-3)
+    assert best.loc["device", "latent"] == 1 and best.loc["device", "auroc"] == pytest.approx(at.ceiling["device"], abs=2e-3)
+    assert (at.auroc[at.structures.index("device")].nan_to_num(0) <= at.ceiling["device"] + 2e-3).all()
+    assert (best["ceiling"] == pd_series(at.ceiling, best.index)).all()
+    # bilinear: the ceiling is scored on the interpolated coverage map (a reference, not a bound)
+    bil = wb.sae.atlas(sae, model, thin, top=2)
+    up = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(y.float()[:, None], PATCH),
+                                         scale_factor=PATCH, mode="bilinear", align_corners=False)
+    assert bil.ceiling["device"] == pytest.approx(roc_auc_score(y.flatten().numpy(), up.flatten().numpy()), abs=5e-3)
+
+
+def pd_series(d, index):
+    import pandas as pd
+
+    return pd.Series([d[s] for s in index], index=index)
 
 
 def test_confounder_search_finds_the_planted_shortcut_only_where_the_model_uses_it(planted):

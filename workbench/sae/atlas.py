@@ -14,6 +14,14 @@ zeros in a bin of their own; values within one level count as tied, half as in t
 every latent is scored in one streamed pass without holding the maps. All latents are screened
 with nearest upsampling (exact at the patch level); with ``upsample="bilinear"`` the best
 candidates per structure are then re-scored on bilinear pixel maps.
+
+**Grid ceiling**: a latent lives on the patch grid, so a structure much thinner than a patch (a
+drain on 8 px patches) cannot be matched pixel for pixel by any latent. Per structure, the atlas
+also scores the oracle map whose patch values are the structure's own coverage of each patch,
+upsampled the same way. With nearest upsampling no patch-level map can beat it (ordering patches
+by their share of structure pixels maximises the pooled AUROC); with bilinear maps it is the
+reference a perfect patch detector would reach. A best latent far below the ceiling is the SAE's
+(or the model's) limit; one near it, the grid's.
 """
 from __future__ import annotations
 
@@ -96,6 +104,8 @@ class Atlas:
         best: pandas DataFrame, per structure its ``top`` latents: structure, rank, latent, auroc,
             ap (on ``upsample`` heatmaps), mass, frequency.
         frequency: (d_sae,) share of patches on which the latent fires.
+        ceiling: per structure, the pixel AUROC of its own patch-coverage map upsampled like
+            ``best`` (the grid's limit; see the module docstring); also ``best``'s ``ceiling`` column.
         upsample: the upsampling of ``best``'s scores.
         n_images: images seen.
     """
@@ -106,6 +116,7 @@ class Atlas:
     ap: torch.Tensor
     best: Any
     frequency: torch.Tensor
+    ceiling: dict[str, float]
     upsample: str
     n_images: int
 
@@ -203,6 +214,8 @@ def atlas(sae: SAE, model: nn.Module, data: Any, *, structures: Sequence[str] | 
     fired = torch.zeros(n_lat, dtype=torch.float64, device=dev)
     hp = torch.zeros(n_s, n_lat, bins, dtype=torch.float64, device=dev)
     hn = torch.zeros_like(hp)
+    op = torch.zeros(n_s, 1, bins, dtype=torch.float64, device=dev)  # the grid ceiling's histograms
+    on = torch.zeros_like(op)
     n_patch, n_img = 0, 0
     for batch in batches(b, data, batch_size=batch_size, masks=True):
         codes = b.layout.patch_tokens(batch["codes"])  # (B, P, L)
@@ -214,9 +227,12 @@ def atlas(sae: SAE, model: nn.Module, data: Any, *, structures: Sequence[str] | 
         total += torch.einsum("bpl,bs->ls", a * inside[..., None].double(), present)
         fired += (a > 0).double().sum((0, 1))
         idx = _bins(codes.reshape(-1, n_lat), bins)
+        cover = _bins((pos / inside[..., None].clamp_min(1e-12)).reshape(-1, n_s), bins)
         for s in range(n_s):
             _hist_add(hp[s], idx, pos[..., s].reshape(-1))
             _hist_add(hn[s], idx, neg[..., s].reshape(-1))
+            _hist_add(op[s], cover[:, s:s + 1], pos[..., s].reshape(-1))
+            _hist_add(on[s], cover[:, s:s + 1], neg[..., s].reshape(-1))
         n_patch += a.shape[0] * a.shape[1]
         n_img += a.shape[0]
     shares = (mass / total.clamp_min(1e-30)).float().cpu()
@@ -227,8 +243,9 @@ def atlas(sae: SAE, model: nn.Module, data: Any, *, structures: Sequence[str] | 
     k_cand = min(n_lat, 2 * top if upsample_mode == "bilinear" else top)
     cand = {s: [int(j) for j in torch.nan_to_num(auroc[i], nan=-1.0).topk(k_cand).indices] for i, s in enumerate(names)}
     fin_auc, fin_ap = {s: auroc[i, cand[s]] for i, s in enumerate(names)}, {s: ap[i, cand[s]] for i, s in enumerate(names)}
+    ceiling = {s: float(v) for s, v in zip(names, auc_ap_from_hist(op, on)[0][:, 0].cpu())}
     if upsample_mode == "bilinear":
-        fin_auc, fin_ap = _rescore(b, data, names, need, region, cand, bins, batch_size)
+        fin_auc, fin_ap, ceiling = _rescore(b, data, names, need, region, cand, bins, batch_size)
     rows = []
     for i, s in enumerate(names):
         order = torch.argsort(torch.nan_to_num(fin_auc[s], nan=-1.0), descending=True)[:top]
@@ -236,16 +253,18 @@ def atlas(sae: SAE, model: nn.Module, data: Any, *, structures: Sequence[str] | 
             lat = cand[s][j]
             rows.append({"structure": s, "rank": rank, "latent": lat, "auroc": float(fin_auc[s][j]),
                          "ap": float(fin_ap[s][j]), "mass": float(shares[lat, i]),
-                         "frequency": float(fired[lat] / max(n_patch, 1))})
+                         "frequency": float(fired[lat] / max(n_patch, 1)), "ceiling": ceiling[s]})
     return Atlas(structures=names, mass=shares, auroc=auroc, ap=ap, best=pd.DataFrame(rows),
-                 frequency=(fired / max(n_patch, 1)).float().cpu(), upsample=upsample_mode, n_images=n_img)
+                 frequency=(fired / max(n_patch, 1)).float().cpu(), ceiling=ceiling, upsample=upsample_mode,
+                 n_images=n_img)
 
 
 def _rescore(b: Bound, data: Any, names: tuple[str, ...], need: tuple[str, ...], region: str | None,
              cand: dict[str, list[int]], bins: int, batch_size: int):
-    """Pixel-level AUROC / AP of each structure's candidate latents on bilinear heatmaps."""
+    """Pixel-level AUROC / AP of each structure's candidate latents on bilinear heatmaps, and the
+    AUROC of the structure's bilinear patch-coverage map (the grid ceiling) in an extra last row."""
     dev = b.device
-    hp = {s: torch.zeros(len(c), bins, dtype=torch.float64, device=dev) for s, c in cand.items()}
+    hp = {s: torch.zeros(len(c) + 1, bins, dtype=torch.float64, device=dev) for s, c in cand.items()}
     hn = {s: torch.zeros_like(v) for s, v in hp.items()}
     h, w = b.layout.grid
     for batch in batches(b, data, batch_size=batch_size, masks=True):
@@ -255,22 +274,23 @@ def _rescore(b: Bound, data: Any, names: tuple[str, ...], need: tuple[str, ...],
         reg = m[:, need.index(region)] if region is not None else torch.ones_like(m[:, 0])
         for s in names:
             lat = cand[s]
-            maps = codes[..., lat].transpose(1, 2).reshape(codes.shape[0], len(lat), h, w)
-            up = upsample(maps, size, "bilinear").clamp_min(0)  # (B, K, H, W)
             pres = p[:, need.index(s)] > 0
             if not pres.any():
                 continue
             mk = m[pres, need.index(s)] > 0.5
             rg = reg[pres] > 0.5
-            vals = up[pres].permute(0, 2, 3, 1).reshape(-1, len(lat))
+            cover = patch_fractions(mk & rg, (h, w)) / patch_fractions(rg, (h, w)).clamp_min(1e-12)
+            maps = torch.cat([codes[pres][..., lat].transpose(1, 2), cover[:, None].to(codes.dtype)], 1)
+            up = upsample(maps.reshape(maps.shape[0], len(lat) + 1, h, w), size, "bilinear").clamp_min(0)
+            vals = up.permute(0, 2, 3, 1).reshape(-1, len(lat) + 1)
             idx = _bins(vals, bins)
             _hist_add(hp[s], idx, (mk & rg).flatten().double())
             _hist_add(hn[s], idx, (~mk & rg).flatten().double())
-    out_auc, out_ap = {}, {}
+    out_auc, out_ap, ceiling = {}, {}, {}
     for s in names:
         a, p_ = auc_ap_from_hist(hp[s], hn[s])
-        out_auc[s], out_ap[s] = a.cpu(), p_.cpu()
-    return out_auc, out_ap
+        out_auc[s], out_ap[s], ceiling[s] = a[:-1].cpu(), p_[:-1].cpu(), float(a[-1])
+    return out_auc, out_ap, ceiling
 
 
 # -- confounder search ------------------------------------------------------------------------------

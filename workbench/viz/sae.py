@@ -180,7 +180,8 @@ def latent_grid(top: Any, latent: int, data: Any, *, sae: Any = None, model: Any
 
 @styled
 def atlas_bars(atlas: Any, ax: Any = None, *, metric: str = "auroc") -> Any:
-    """The best latent's pixel AUROC (or AP) per structure, bars labelled with the latent."""
+    """The best latent's pixel AUROC (or AP) per structure, bars labelled with the latent; with
+    AUROC, a tick at each structure's grid ceiling (``Atlas.ceiling``: a perfect patch detector)."""
     check_result(atlas, ("best_per_structure", "structures"), "an Atlas (workbench.sae.atlas)")
     best = atlas.best_per_structure()
     if metric not in ("auroc", "ap"):
@@ -195,6 +196,11 @@ def atlas_bars(atlas: Any, ax: Any = None, *, metric: str = "auroc") -> Any:
         ax.text(xi, v + 0.01, str(int(lat)), ha="center", va="bottom", fontsize="x-small")
     if metric == "auroc":
         ax.axhline(0.5, color="#777777", lw=0.8, ls=":")
+        ceiling = getattr(atlas, "ceiling", None)
+        if ceiling:
+            ax.hlines([ceiling[n] for n in names], x - 0.4, x + 0.4, color="#111111", lw=1.4,
+                      label="grid ceiling")
+            ax.legend(loc="lower right", fontsize="x-small", frameon=False)
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=45, ha="right")
     ax.set_ylim(0, 1.08)
