@@ -112,8 +112,8 @@ print(wb.sae.fidelity(sae, model, test))
 # Each latent's heatmap (its patch activations on the image) is scored against every structure
 # mask: the share of its activation mass inside the structure, and the pixel AUROC / average
 # precision of the heatmap for the structure's pixels. Below, the best latent per structure; the
-# black tick (column `ceiling`) is what a perfect detector on this layer's patch grid would score:
-# a thin drain spread over 8 px patches cannot reach 1, whatever the SAE learns.
+# black tick (column `ceiling`) is what a perfect detector on this layer's patch grid would score, so
+# a latent far below its tick is the dictionary's limit, not the grid's.
 
 # %%
 atlas = wb.sae.atlas(sae, model, test)

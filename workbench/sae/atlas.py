@@ -15,13 +15,13 @@ every latent is scored in one streamed pass without holding the maps. All latent
 with nearest upsampling (exact at the patch level); with ``upsample="bilinear"`` the best
 candidates per structure are then re-scored on bilinear pixel maps.
 
-**Grid ceiling**: a latent lives on the patch grid, so a structure much thinner than a patch (a
-drain on 8 px patches) cannot be matched pixel for pixel by any latent. Per structure, the atlas
-also scores the oracle map whose patch values are the structure's own coverage of each patch,
-upsampled the same way. With nearest upsampling no patch-level map can beat it (ordering patches
-by their share of structure pixels maximises the pooled AUROC); with bilinear maps it is the
-reference a perfect patch detector would reach. A best latent far below the ceiling is the SAE's
-(or the model's) limit; one near it, the grid's.
+**Grid ceiling**: a latent lives on the patch grid, so a structure thinner than a patch (a drain on
+8 px patches) could be out of reach of any latent. Per structure, the atlas also scores the oracle
+map whose patch values are the structure's own coverage of each patch, upsampled the same way. With
+nearest upsampling no patch-level map can beat it (ordering patches by their share of structure
+pixels maximises the pooled AUROC); with bilinear maps it is the reference a perfect patch detector
+would reach. A best latent near the ceiling is limited by the grid; one far below it, by the SAE
+(or the model). On the phantom at 8 x 8 patches every ceiling is above 0.99, the drain's included.
 """
 from __future__ import annotations
 
