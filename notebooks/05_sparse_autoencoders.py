@@ -122,6 +122,14 @@ wb.viz.save_figure(fig, f"{OUT}/atlas", params={"layer": LAYER, "kind": KIND, "k
 atlas.best_per_structure().round(3)
 
 # %% [markdown]
+# A wide dictionary splits a structure over several latents (one for the lung apex, one for its
+# base), so the best single latent can miss what the dictionary holds: `atlas.unions` scores the
+# greedy union of up to three latents per structure.
+
+# %%
+atlas.unions.round(3)
+
+# %% [markdown]
 # Where the best device latent fires: its top test images (heatmap, strongest patch boxed) and
 # crops of those patches.
 

@@ -164,6 +164,44 @@ def test_atlas_grid_ceiling_is_the_coverage_map_and_bounds_nearest_scores(plante
     assert bil.ceiling["device"] == pytest.approx(roc_auc_score(y.flatten().numpy(), up.flatten().numpy()), abs=5e-3)
 
 
+def test_atlas_union_of_latents_recovers_a_structure_split_over_two():
+    """The lung's upper and lower halves are two channels, so the exact SAE holds the lung as two
+    latents: neither alone matches the lung mask, their union does."""
+    n = 12
+    masks = {"lung": torch.zeros(n, SIZE, SIZE, dtype=torch.bool), "body": torch.ones(n, SIZE, SIZE, dtype=torch.bool)}
+    upper, lower = torch.zeros(n, SIZE, SIZE), torch.zeros(n, SIZE, SIZE)
+    for i in range(n):
+        top = 4 + 4 * (i % 3)
+        upper[i, top:top + 8, 8:24] = 1
+        lower[i, top + 8:top + 16, 8:24] = 1
+        masks["lung"][i] = (upper[i] + lower[i]) > 0
+    data = ArrayDataset(torch.stack([upper, lower], 1), torch.arange(n) % 2, classes=("a", "b"), task="binary",
+                        masks=masks, name="split")
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pool = nn.AvgPool2d(PATCH)
+            self.head = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.head(self.pool(x).mean((2, 3)))
+
+    sae = create("relu", d=2, d_sae=4, source={"layer": "pool"})
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([torch.eye(2), -torch.eye(2)], 1))
+        sae.W_dec.copy_(torch.cat([torch.eye(2), -torch.eye(2)], 0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    at = wb.sae.atlas(sae.eval(), Net().eval(), data, structures=["lung"], upsample_mode="nearest", combine=2)
+    u = at.unions.set_index("n")
+    assert u.loc[1, "auroc"] == pytest.approx(at.best_per_structure().auroc[0], abs=2e-3) and u.loc[1, "auroc"] < 0.9
+    assert set(u.loc[2, "latents"]) == {0, 1} and u.loc[2, "auroc"] == pytest.approx(1.0)
+    assert wb.sae.atlas(sae.eval(), Net().eval(), data, structures=["lung"], combine=0).unions.empty
+    with pytest.raises(ValueError, match="combine"):
+        wb.sae.atlas(sae.eval(), Net().eval(), data, combine=-1)
+
+
 def pd_series(d, index):
     import pandas as pd
 

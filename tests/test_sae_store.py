@@ -262,8 +262,14 @@ def test_cli_sae_cache_train_atlas(tmp_path, capsys):
                      "--out", str(tmp_path / "atlas"), "--top", "2"]) == 0
     atlas = json.loads(capsys.readouterr().out)
     assert {r["structure"] for r in atlas["best"]} >= {"left_lung", "heart", "device"}
-    for f in ("best.csv", "mass.csv", "fidelity.json", "atlas.png", "atlas.json"):
+    for f in ("best.csv", "unions.csv", "mass.csv", "fidelity.json", "atlas.png", "atlas.json"):
         assert (tmp_path / "atlas" / f).exists(), f
+    import pandas as pd
+
+    unions = pd.read_csv(tmp_path / "atlas" / "unions.csv")
+    heart = unions[unions.structure == "heart"].set_index("n")
+    assert list(heart.index) == [1, 2, 3] and heart.auroc.between(0, 1).all()
+    assert len(str(heart.loc[3, "latents"]).split()) == 3
     # another model's store: one line on stderr, exit code 2
     wb.models.save(tiny_vit(), tmp_path / "other")
     rc = cli.main(["sae", "atlas", "--checkpoint", str(tmp_path / "other"), "--data", "phantom", "--n", "16",

@@ -69,8 +69,10 @@ def run_atlas(args: argparse.Namespace) -> dict[str, Any]:
     s = sae.load(args.sae)
     data = _data(args, model)
     at = sae.atlas(s, model, data, top=args.top, upsample_mode=args.upsample, region=args.region,
-                   batch_size=args.batch_size, device=args.device)
+                   combine=args.combine, batch_size=args.batch_size, device=args.device)
     at.best.to_csv(out / "best.csv", index=False)
+    at.unions.assign(latents=at.unions["latents"].map(lambda t: " ".join(map(str, t)))).to_csv(
+        out / "unions.csv", index=False)
     at.table().to_csv(out / "mass.csv")
     fig = at.plot()
     viz.save_figure(fig, out / "atlas.png", params={"sae": str(args.sae), "checkpoint": str(args.checkpoint),
@@ -126,8 +128,10 @@ def register(sub: Any) -> None:
     a = verbs.add_parser("atlas", help="map an SAE's latents onto structure masks; also its fidelity")
     data_args(a, "test")
     a.add_argument("--sae", required=True, help="PATH of an SAE written by `workbench sae train`")
-    a.add_argument("--out", required=True, help="a folder for best.csv, mass.csv, fidelity.json, atlas.png")
+    a.add_argument("--out", required=True, help="a folder for best.csv, unions.csv, mass.csv, fidelity.json, "
+                   "atlas.png")
     a.add_argument("--top", type=int, default=5, help="latents reported per structure")
+    a.add_argument("--combine", type=int, default=3, help="largest union of latents scored per structure (0: none)")
     a.add_argument("--upsample", default="bilinear", choices=["bilinear", "nearest"])
     a.add_argument("--region", default=None, help="score only pixels inside this structure (e.g. body)")
     a.add_argument("--no-fidelity", action="store_true", help="skip FVU / L0 / spliced AUC")

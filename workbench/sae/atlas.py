@@ -22,6 +22,12 @@ nearest upsampling no patch-level map can beat it (ordering patches by their sha
 pixels maximises the pooled AUROC); with bilinear maps it is the reference a perfect patch detector
 would reach. A best latent near the ceiling is limited by the grid; one far below it, by the SAE
 (or the model). On the phantom at 8 x 8 patches every ceiling is above 0.99, the drain's included.
+
+**Unions of latents**: a wide dictionary splits a structure over several latents (feature splitting:
+one latent for the lung apex, one for its base), so the best single latent can miss what the
+dictionary holds. With ``combine=n``, each structure's candidates (its best latents by AUROC and by
+mass share) are merged greedily, up to ``n``: the union's map is the patch-wise maximum of the chosen
+latents, each divided by its largest activation on the data, scored like a latent on nearest maps.
 """
 from __future__ import annotations
 
@@ -106,6 +112,8 @@ class Atlas:
         frequency: (d_sae,) share of patches on which the latent fires.
         ceiling: per structure, the pixel AUROC of its own patch-coverage map upsampled like
             ``best`` (the grid's limit; see the module docstring); also ``best``'s ``ceiling`` column.
+        unions: pandas DataFrame, per structure and size n = 1..``combine``: the greedy union of n
+            latents (latents, pixel AUROC on nearest maps); empty when ``combine=0``.
         upsample: the upsampling of ``best``'s scores.
         n_images: images seen.
     """
@@ -119,6 +127,7 @@ class Atlas:
     ceiling: dict[str, float]
     upsample: str
     n_images: int
+    unions: Any = None
 
     def table(self, min_frequency: float = 0.0) -> Any:
         """DataFrame latent x (structure mass shares, "none", frequency), latents firing more
@@ -152,8 +161,8 @@ def _masks_on(batch: dict[str, Any], structures: Sequence[str]) -> tuple[torch.T
 
 def atlas(sae: SAE, model: nn.Module, data: Any, *, structures: Sequence[str] | None = None, top: int = 5,
           upsample_mode: str = "bilinear", region: str | None = None, bins: int = 256,
-          layer: str | int | None = None, batch_size: int = 64, device: str | torch.device | None = None,
-          check_model: bool = True) -> Atlas:
+          combine: int = 3, layer: str | int | None = None, batch_size: int = 64,
+          device: str | torch.device | None = None, check_model: bool = True) -> Atlas:
     """Map every latent onto the dataset's structure masks.
 
     Args:
@@ -165,6 +174,7 @@ def atlas(sae: SAE, model: nn.Module, data: Any, *, structures: Sequence[str] | 
         region: a structure (e.g. "body"): only pixels inside it are scored, so activations outside
             the body are left out.
         bins: histogram levels per latent for AUROC / AP.
+        combine: the largest union of latents scored per structure (``Atlas.unions``; 0: none).
         layer, batch_size, device, check_model: as in :func:`workbench.sae.latents`.
 
     Returns:
@@ -181,6 +191,7 @@ def atlas(sae: SAE, model: nn.Module, data: Any, *, structures: Sequence[str] | 
 
     check_int(top, "top")
     check_int(bins, "bins", minimum=8)
+    check_int(combine, "combine", minimum=0)
     names = _structures(data, structures)
     if region is not None and region not in getattr(data, "structures", ()):
         raise ValueError(f"region {region!r} is not a structure of the dataset; structures: {list(data.structures)}.")
@@ -246,6 +257,7 @@ def atlas(sae: SAE, model: nn.Module, data: Any, *, structures: Sequence[str] | 
     ceiling = {s: float(v) for s, v in zip(names, auc_ap_from_hist(op, on)[0][:, 0].cpu())}
     if upsample_mode == "bilinear":
         fin_auc, fin_ap, ceiling = _rescore(b, data, names, need, region, cand, bins, batch_size)
+    unions = _unions(b, data, names, weights, auroc, shares, combine, top, bins, batch_size) if combine else None
     rows = []
     for i, s in enumerate(names):
         order = torch.argsort(torch.nan_to_num(fin_auc[s], nan=-1.0), descending=True)[:top]
@@ -256,7 +268,55 @@ def atlas(sae: SAE, model: nn.Module, data: Any, *, structures: Sequence[str] | 
                          "frequency": float(fired[lat] / max(n_patch, 1)), "ceiling": ceiling[s]})
     return Atlas(structures=names, mass=shares, auroc=auroc, ap=ap, best=pd.DataFrame(rows),
                  frequency=(fired / max(n_patch, 1)).float().cpu(), ceiling=ceiling, upsample=upsample_mode,
-                 n_images=n_img)
+                 n_images=n_img, unions=unions if unions is not None else pd.DataFrame(
+                     columns=["structure", "n", "latents", "auroc"]))
+
+
+def _unions(b: Bound, data: Any, names: tuple[str, ...], weights: Any, auroc: torch.Tensor, shares: torch.Tensor,
+            combine: int, top: int, bins: int, batch_size: int) -> Any:
+    """Greedy unions of up to ``combine`` latents per structure (see the module docstring)."""
+    import pandas as pd
+
+    n_c = max(2 * top, 2 * combine)
+    cand = {}
+    for i, s in enumerate(names):
+        by_auc = torch.nan_to_num(auroc[i], nan=-1.0).topk(min(n_c, auroc.shape[1])).indices.tolist()
+        by_mass = shares[:, i].topk(min(n_c, shares.shape[0])).indices.tolist()
+        cand[s] = list(dict.fromkeys(by_auc + by_mass))
+    lat = sorted({j for c in cand.values() for j in c})
+    col = {j: k for k, j in enumerate(lat)}
+    codes, pos, neg = [], [], []
+    for batch in batches(b, data, batch_size=batch_size, masks=True):
+        c = b.layout.patch_tokens(batch["codes"])[..., lat].float()
+        p, n_, _, _ = weights(batch)
+        codes.append(c.reshape(-1, len(lat)).cpu())
+        pos.append(p.reshape(-1, len(names)).cpu())
+        neg.append(n_.reshape(-1, len(names)).cpu())
+    codes = torch.cat(codes)
+    codes = codes / codes.amax(0).clamp_min(1e-12)   # each latent on [0, 1]
+    pos, neg = torch.cat(pos), torch.cat(neg)
+
+    def score(cols: list[int], i: int) -> float:
+        v = codes[:, cols].amax(1)
+        hp = torch.zeros(1, bins, dtype=torch.float64)
+        hn = torch.zeros_like(hp)
+        idx = _bins(v[:, None], bins)
+        _hist_add(hp, idx, pos[:, i].double())
+        _hist_add(hn, idx, neg[:, i].double())
+        return float(auc_ap_from_hist(hp, hn)[0][0])
+
+    rows = []
+    for i, s in enumerate(names):
+        chosen: list[int] = []
+        for n in range(1, combine + 1):
+            left = [j for j in cand[s] if j not in chosen]
+            if not left:
+                break
+            best_j, best_a = max(((j, score([col[k] for k in chosen + [j]], i)) for j in left),
+                                 key=lambda t: -1.0 if t[1] != t[1] else t[1])
+            chosen.append(best_j)
+            rows.append({"structure": s, "n": n, "latents": tuple(chosen), "auroc": best_a})
+    return pd.DataFrame(rows)
 
 
 def _rescore(b: Bound, data: Any, names: tuple[str, ...], need: tuple[str, ...], region: str | None,
