@@ -197,6 +197,11 @@ def test_atlas_union_of_latents_recovers_a_structure_split_over_two():
     u = at.unions.set_index("n")
     assert u.loc[1, "auroc"] == pytest.approx(at.best_per_structure().auroc[0], abs=2e-3) and u.loc[1, "auroc"] < 0.9
     assert set(u.loc[2, "latents"]) == {0, 1} and u.loc[2, "auroc"] == pytest.approx(1.0)
+    # on bilinear maps (the default) each union is re-scored the way the single latents are
+    bil = wb.sae.atlas(sae.eval(), Net().eval(), data, structures=["lung"], combine=2)
+    ub = bil.unions.set_index("n")
+    assert ub.loc[1, "auroc"] == pytest.approx(bil.best_per_structure().auroc[0], abs=1e-2)
+    assert ub.loc[2, "auroc"] > ub.loc[1, "auroc"] + 0.1
     assert wb.sae.atlas(sae.eval(), Net().eval(), data, structures=["lung"], combine=0).unions.empty
     with pytest.raises(ValueError, match="combine"):
         wb.sae.atlas(sae.eval(), Net().eval(), data, combine=-1)

@@ -27,7 +27,8 @@ would reach. A best latent near the ceiling is limited by the grid; one far belo
 one latent for the lung apex, one for its base), so the best single latent can miss what the
 dictionary holds. With ``combine=n``, each structure's candidates (its best latents by AUROC and by
 mass share) are merged greedily, up to ``n``: the union's map is the patch-wise maximum of the chosen
-latents, each divided by its largest activation on the data, scored like a latent on nearest maps.
+latents, each divided by its largest activation on the data; chosen on nearest maps, each union is
+then scored on the atlas's upsampling, like the single latents.
 """
 from __future__ import annotations
 
@@ -113,7 +114,7 @@ class Atlas:
         ceiling: per structure, the pixel AUROC of its own patch-coverage map upsampled like
             ``best`` (the grid's limit; see the module docstring); also ``best``'s ``ceiling`` column.
         unions: pandas DataFrame, per structure and size n = 1..``combine``: the greedy union of n
-            latents (latents, pixel AUROC on nearest maps); empty when ``combine=0``.
+            latents (latents, pixel AUROC on ``upsample`` maps); empty when ``combine=0``.
         upsample: the upsampling of ``best``'s scores.
         n_images: images seen.
     """
@@ -256,8 +257,15 @@ def atlas(sae: SAE, model: nn.Module, data: Any, *, structures: Sequence[str] | 
     fin_auc, fin_ap = {s: auroc[i, cand[s]] for i, s in enumerate(names)}, {s: ap[i, cand[s]] for i, s in enumerate(names)}
     ceiling = {s: float(v) for s, v in zip(names, auc_ap_from_hist(op, on)[0][:, 0].cpu())}
     if upsample_mode == "bilinear":
-        fin_auc, fin_ap, ceiling = _rescore(b, data, names, need, region, cand, bins, batch_size)
-    unions = _unions(b, data, names, weights, auroc, shares, combine, top, bins, batch_size) if combine else None
+        fin_auc, fin_ap, ceiling = _rescore(b, data, names, need, region, {s: [(j,) for j in c] for s, c in cand.items()},
+                                            bins, batch_size)
+    unions = None
+    if combine:
+        unions, scale = _unions(b, data, names, weights, auroc, shares, combine, top, bins, batch_size)
+        if upsample_mode == "bilinear" and len(unions):
+            groups = {s: list(unions[unions.structure == s].latents) for s in names}
+            u_auc, _, _ = _rescore(b, data, names, need, region, groups, bins, batch_size, scale=scale)
+            unions["auroc"] = [float(u_auc[s][i]) for s in names for i in range(len(groups[s]))]
     rows = []
     for i, s in enumerate(names):
         order = torch.argsort(torch.nan_to_num(fin_auc[s], nan=-1.0), descending=True)[:top]
@@ -293,7 +301,8 @@ def _unions(b: Bound, data: Any, names: tuple[str, ...], weights: Any, auroc: to
         pos.append(p.reshape(-1, len(names)).cpu())
         neg.append(n_.reshape(-1, len(names)).cpu())
     codes = torch.cat(codes)
-    codes = codes / codes.amax(0).clamp_min(1e-12)   # each latent on [0, 1]
+    peak = codes.amax(0).clamp_min(1e-12)
+    codes = codes / peak   # each latent on [0, 1]
     pos, neg = torch.cat(pos), torch.cat(neg)
 
     def score(cols: list[int], i: int) -> float:
@@ -316,13 +325,15 @@ def _unions(b: Bound, data: Any, names: tuple[str, ...], weights: Any, auroc: to
                                  key=lambda t: -1.0 if t[1] != t[1] else t[1])
             chosen.append(best_j)
             rows.append({"structure": s, "n": n, "latents": tuple(chosen), "auroc": best_a})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["structure", "n", "latents", "auroc"]), {j: float(peak[col[j]]) for j in lat}
 
 
 def _rescore(b: Bound, data: Any, names: tuple[str, ...], need: tuple[str, ...], region: str | None,
-             cand: dict[str, list[int]], bins: int, batch_size: int):
-    """Pixel-level AUROC / AP of each structure's candidate latents on bilinear heatmaps, and the
-    AUROC of the structure's bilinear patch-coverage map (the grid ceiling) in an extra last row."""
+             cand: dict[str, list[tuple[int, ...]]], bins: int, batch_size: int,
+             scale: dict[int, float] | None = None):
+    """Pixel-level AUROC / AP of each structure's candidates on bilinear heatmaps, and the AUROC of
+    the structure's bilinear patch-coverage map (the grid ceiling) in an extra last row. A candidate
+    is a tuple of latents: its map is their patch-wise maximum, each latent divided by ``scale``."""
     dev = b.device
     hp = {s: torch.zeros(len(c) + 1, bins, dtype=torch.float64, device=dev) for s, c in cand.items()}
     hn = {s: torch.zeros_like(v) for s, v in hp.items()}
@@ -340,7 +351,10 @@ def _rescore(b: Bound, data: Any, names: tuple[str, ...], need: tuple[str, ...],
             mk = m[pres, need.index(s)] > 0.5
             rg = reg[pres] > 0.5
             cover = patch_fractions(mk & rg, (h, w)) / patch_fractions(rg, (h, w)).clamp_min(1e-12)
-            maps = torch.cat([codes[pres][..., lat].transpose(1, 2), cover[:, None].to(codes.dtype)], 1)
+            c = codes[pres].float()
+            maps = torch.stack([(c[..., list(t)] / torch.tensor([scale[j] for j in t] if scale else [1.0] * len(t),
+                                                                device=c.device)).amax(-1) for t in lat], 1)
+            maps = torch.cat([maps, cover[:, None].to(maps.dtype)], 1)
             up = upsample(maps.reshape(maps.shape[0], len(lat) + 1, h, w), size, "bilinear").clamp_min(0)
             vals = up.permute(0, 2, 3, 1).reshape(-1, len(lat) + 1)
             idx = _bins(vals, bins)
