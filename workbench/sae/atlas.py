@@ -256,16 +256,17 @@ def atlas(sae: SAE, model: nn.Module, data: Any, *, structures: Sequence[str] | 
     cand = {s: [int(j) for j in torch.nan_to_num(auroc[i], nan=-1.0).topk(k_cand).indices] for i, s in enumerate(names)}
     fin_auc, fin_ap = {s: auroc[i, cand[s]] for i, s in enumerate(names)}, {s: ap[i, cand[s]] for i, s in enumerate(names)}
     ceiling = {s: float(v) for s, v in zip(names, auc_ap_from_hist(op, on)[0][:, 0].cpu())}
+    unions, scale = (_unions(b, data, names, weights, auroc, shares, combine, top, bins, batch_size) if combine
+                     else (pd.DataFrame(columns=["structure", "n", "latents", "auroc"]), {}))
     if upsample_mode == "bilinear":
-        fin_auc, fin_ap, ceiling = _rescore(b, data, names, need, region, {s: [(j,) for j in c] for s, c in cand.items()},
-                                            bins, batch_size)
-    unions = None
-    if combine:
-        unions, scale = _unions(b, data, names, weights, auroc, shares, combine, top, bins, batch_size)
-        if upsample_mode == "bilinear" and len(unions):
-            groups = {s: list(unions[unions.structure == s].latents) for s in names}
-            u_auc, _, _ = _rescore(b, data, names, need, region, groups, bins, batch_size, scale=scale)
-            unions["auroc"] = [float(u_auc[s][i]) for s in names for i in range(len(groups[s]))]
+        # one pass re-scores the single candidates and the unions (appended after them)
+        groups = {s: list(unions[unions.structure == s].latents) for s in names}
+        auc_all, ap_all, ceiling = _rescore(b, data, names, need, region,
+                                            {s: [(j,) for j in cand[s]] + groups[s] for s in names}, bins,
+                                            batch_size, scale=scale)
+        fin_auc = {s: auc_all[s][:len(cand[s])] for s in names}
+        fin_ap = {s: ap_all[s][:len(cand[s])] for s in names}
+        unions["auroc"] = [float(auc_all[s][len(cand[s]) + i]) for s in names for i in range(len(groups[s]))]
     rows = []
     for i, s in enumerate(names):
         order = torch.argsort(torch.nan_to_num(fin_auc[s], nan=-1.0), descending=True)[:top]
@@ -276,8 +277,7 @@ def atlas(sae: SAE, model: nn.Module, data: Any, *, structures: Sequence[str] | 
                          "frequency": float(fired[lat] / max(n_patch, 1)), "ceiling": ceiling[s]})
     return Atlas(structures=names, mass=shares, auroc=auroc, ap=ap, best=pd.DataFrame(rows),
                  frequency=(fired / max(n_patch, 1)).float().cpu(), ceiling=ceiling, upsample=upsample_mode,
-                 n_images=n_img, unions=unions if unions is not None else pd.DataFrame(
-                     columns=["structure", "n", "latents", "auroc"]))
+                 n_images=n_img, unions=unions)
 
 
 def _unions(b: Bound, data: Any, names: tuple[str, ...], weights: Any, auroc: torch.Tensor, shares: torch.Tensor,
@@ -333,7 +333,8 @@ def _rescore(b: Bound, data: Any, names: tuple[str, ...], need: tuple[str, ...],
              scale: dict[int, float] | None = None):
     """Pixel-level AUROC / AP of each structure's candidates on bilinear heatmaps, and the AUROC of
     the structure's bilinear patch-coverage map (the grid ceiling) in an extra last row. A candidate
-    is a tuple of latents: its map is their patch-wise maximum, each latent divided by ``scale``."""
+    is a tuple of latents: one latent's map is its activation; a union's, the patch-wise maximum of
+    its members, each divided by its ``scale`` (its largest activation)."""
     dev = b.device
     hp = {s: torch.zeros(len(c) + 1, bins, dtype=torch.float64, device=dev) for s, c in cand.items()}
     hn = {s: torch.zeros_like(v) for s, v in hp.items()}
@@ -352,8 +353,8 @@ def _rescore(b: Bound, data: Any, names: tuple[str, ...], need: tuple[str, ...],
             rg = reg[pres] > 0.5
             cover = patch_fractions(mk & rg, (h, w)) / patch_fractions(rg, (h, w)).clamp_min(1e-12)
             c = codes[pres].float()
-            maps = torch.stack([(c[..., list(t)] / torch.tensor([scale[j] for j in t] if scale else [1.0] * len(t),
-                                                                device=c.device)).amax(-1) for t in lat], 1)
+            maps = torch.stack([c[..., t[0]] if len(t) == 1 else
+                                (c[..., list(t)] / c.new_tensor([scale[j] for j in t])).amax(-1) for t in lat], 1)
             maps = torch.cat([maps, cover[:, None].to(maps.dtype)], 1)
             up = upsample(maps.reshape(maps.shape[0], len(lat) + 1, h, w), size, "bilinear").clamp_min(0)
             vals = up.permute(0, 2, 3, 1).reshape(-1, len(lat) + 1)
