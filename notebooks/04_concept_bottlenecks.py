@@ -179,6 +179,12 @@ wb.viz.save_figure(fig, f"{OUT}/tcav_shortcut", params={"layer": f"blocks.{DEPTH
 # *amplified* toward their source level; thresholds are chosen by leave-one-out on the support
 # images, and a change that lowers the source (A-C) accuracy by more than a point is refused. No
 # weight is trained. The baseline retrains the task head on the same support images.
+#
+# The concept layer can only rescale what reaches it. `wc.test_time_normalise` acts where the shift
+# enters: every normalised layer (here the ViT's patch embedding and block outputs) uses the
+# statistics of the batch being predicted, mixed with the source's (Schneider et al. 2020). It needs
+# no label, but the predictions then depend on the batch: predict a site's images in batches of that
+# site (`wb.evaluate` does, one site per call here).
 
 # %%
 site_d = wb.data.load("phantom", split="test", n=N_TEST, size=SIZE, task="diagnosis", sites="D")
@@ -186,9 +192,12 @@ support = wc.support_set(wb.data.load("phantom", split="support", n=N_SITE, size
                                       sites="D"), per_class=PER_CLASS, seed=0)
 val = wb.data.load("phantom", split="val", n=N_TEST, size=SIZE, task="diagnosis")
 adapted, tti = wc.test_time_improve(cbm, support, source=val)
+normed = wc.test_time_normalise(cbm, val)
+normed_tti, _ = wc.test_time_improve(normed, support, source=val)
 tuned = wc.finetune_head(cbm, support)
 {name: {"site D": wb.evaluate(m, site_d).accuracy, "sites A-C": wb.evaluate(m, test).accuracy}
- for name, m in {"no adaptation": cbm, "test-time improvement": adapted, "fine-tuned head": tuned}.items()}
+ for name, m in {"no adaptation": cbm, "test-time improvement": adapted, "normalised": normed,
+                 "normalised + test-time improvement": normed_tti, "fine-tuned head": tuned}.items()}
 
 # %%
 tti.table[["action", "reason"]]

@@ -16,6 +16,7 @@ verb                           what
 ``learn_cavs`` / ``tcav``      CAVs at any layer (images or structure masks); TCAV with its t-test
 ``concept_examples``           example images of concepts from a dataset's labels and meta flags
 ``test_time_improve``          training-free repair at a new site (after He et al. 2025)
+``test_time_normalise``        training-free: normalisation statistics from each batch, mixed with the source's
 ``finetune_head``              the gradient baseline: the task head retrained on the support set
 ``fit_head``                   the task head fitted to convergence on true (independent) or predicted concepts
 ``support_set``                a few labelled images per class drawn from a new site
@@ -41,6 +42,7 @@ from .maps import ConceptMaps, concept_maps, score_concept_maps
 from .quality import ConceptReport, quality
 from .sources import (SOURCES, CAVConcepts, LabelConcepts, SAEConcepts, TextConcepts, concept_source,
                       select_concepts, with_concepts)
+from .normalise import test_time_normalise
 from .tti import TTIReport, finetune_head, support_set, test_time_improve
 
 __all__ = [
@@ -50,6 +52,6 @@ __all__ = [
     "ConceptMaps", "concept_maps", "score_concept_maps",
     "ConceptReport", "quality",
     "CAVSet", "TCAVResult", "learn_cavs", "tcav", "layer_activations", "concept_examples", "random_images",
-    "TTIReport", "test_time_improve", "finetune_head", "support_set", "fit_head",
+    "TTIReport", "test_time_improve", "test_time_normalise", "finetune_head", "support_set", "fit_head",
     "SOURCES", "concept_source", "LabelConcepts", "CAVConcepts", "TextConcepts", "SAEConcepts", "select_concepts", "with_concepts",
 ]
