@@ -1027,6 +1027,11 @@ case("concepts.layer_activations", "unknown layer", lambda c: _cc().layer_activa
 case("concepts.concept_examples", "unknown concept", lambda c: _cc().concept_examples(c.ds, ["tumour"]), r"tumour")
 case("concepts.random_images", "n=0", lambda c: _cc().random_images(c.ds, n=0), r"\bn\b")
 case("concepts.test_time_improve", "not a concept model", lambda c: _cc().test_time_improve(c.cnn, c.ds), r"concept")
+case("concepts.test_time_normalise", "a ViT without source images",
+     lambda c: _cc().test_time_normalise(c.vit), r"source=")
+case("concepts.test_time_normalise", "prior=-1", lambda c: _cc().test_time_normalise(c.cnn, prior=-1), r"prior")
+case("concepts.test_time_normalise", "source images 0-255",
+     lambda c: _cc().test_time_normalise(c.vit, c.xs("x255")), r"255")
 case("concepts.finetune_head", "steps=0", lambda c: _cc().finetune_head(c.cbm, c.ds, steps=0), r"steps")
 case("concepts.support_set", "per_class=0", lambda c: _cc().support_set(c.ds, per_class=0), r"per_class")
 case("concepts.fit_head", "on='labels'", lambda c: _cc().fit_head(c.cbm, c.ds, on="labels"), r"on must be one of")

@@ -124,7 +124,8 @@ def register(sub: Any) -> None:
                    "(independent) or predicted (joint, sequential) training concepts (workbench.concepts.fit_head)")
     c.add_argument("--no-head-refit", action="store_true", help="keep the task head as wb.fit left it")
     c.add_argument("--concept-head", default="linear", choices=("linear", "mlp"))
-    c.add_argument("--concept-weight", type=float, default=1.0, help="weight of the concept loss")
+    c.add_argument("--concept-weight", type=float, default=10.0,
+                   help="weight of the concept loss (default 10: interventions work; see wb.concepts.create)")
     c.add_argument("--sparsity", type=float, default=0.0, help="L1 weight on a linear task head")
     t.set_defaults(func=run)
 

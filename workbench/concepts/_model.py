@@ -10,7 +10,10 @@ attribution and pruning work on it unchanged::
 Training modes (one ``wb.fit`` call each; ``fit`` calls ``training_loss``):
 
 - ``"joint"``: task loss on the predicted concepts plus ``concept_weight`` x the concept loss; both
-  flow into the backbone.
+  flow into the backbone. The default weight is 10: at 1 the jointly trained concept logits carried
+  more than the concepts (leakage: in the benchmark, ResNet-18 and ViT, correcting all five concepts
+  gave 0.909 / 0.794 task accuracy, concept AUC 0.968 / 0.871); at 10 the same runs gave 1.000 / 1.000,
+  concept AUC 0.976 / 0.941, and task accuracy 0.902 / 0.821 (black box 0.887 / 0.627).
 - ``"sequential"``: the task head sees the predicted concepts detached (no task gradient reaches
   the concept predictor). Koh et al. train the head after the predictor has converged; here both
   train in the same run, so the head follows the predictor and ends on its final outputs. For the
@@ -86,7 +89,7 @@ class ConceptBottleneck(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, concepts: Sequence[str], num_classes: int, *, mode: str = "joint",
-                 head: str = "linear", hidden: int = 32, activation: str = "sigmoid", concept_weight: float = 1.0,
+                 head: str = "linear", hidden: int = 32, activation: str = "sigmoid", concept_weight: float = 10.0,
                  sparsity: float = 0.0, freeze_backbone: bool = False, posthoc: bool = False,
                  classes: Sequence[str] | None = None, backbone_config: dict[str, Any] | None = None,
                  head_lr: float = 10.0) -> None:
@@ -281,7 +284,7 @@ def _names_of(concepts: Any) -> list[str]:
 
 
 def create(backbone: str | nn.Module, concepts: Any, num_classes: int, mode: str = "joint", *,
-           head: str = "linear", hidden: int = 32, activation: str = "sigmoid", concept_weight: float = 1.0,
+           head: str = "linear", hidden: int = 32, activation: str = "sigmoid", concept_weight: float = 10.0,
            sparsity: float = 0.0, freeze_backbone: bool = False, classes: Sequence[str] | None = None,
            head_lr: float = 10.0, **backbone_kw: Any) -> ConceptBottleneck:
     """A concept bottleneck model over a backbone.
@@ -296,7 +299,8 @@ def create(backbone: str | nn.Module, concepts: Any, num_classes: int, mode: str
         head: "linear" or "mlp".
         hidden: hidden units of the "mlp" head.
         activation: "sigmoid" (the head reads concept probabilities) or "logit" (concept logits).
-        concept_weight: weight of the concept loss against the task loss (0: train on the task only).
+        concept_weight: weight of the concept loss against the task loss (0: train on the task only;
+            default 10, see the module docstring; lower it for task accuracy at the cost of interventions).
         sparsity: L1 weight on the task head (a sparse, readable head); 0 disables it.
         freeze_backbone: train only the heads on a fixed backbone.
         classes: class names (for tables and figures).
