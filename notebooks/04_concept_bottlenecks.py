@@ -37,7 +37,8 @@
 # (set a finding it missed). The phantom's `diagnosis` task follows from its five findings by a
 # written rule (pneumothorax first, then heart failure = cardiomegaly and effusion, pneumonia =
 # consolidation, nodule, other), so a CBM has a true answer to reach. This notebook trains a CBM and
-# the same ViT as a black box, explains and intervenes, tests concepts in the black box with TCAV
+# the same backbone (a ResNet-18 by default; `BACKBONE = "vit_tiny"` for a ViT) as a black box,
+# explains and intervenes, tests concepts in the black box with TCAV
 # (Kim et al., ICML 2018) including a planted chest-drain shortcut, and adapts the CBM to a new
 # acquisition site from four labelled images per class without a gradient step (after He et al.,
 # MICCAI 2025). Small settings run on a CPU in minutes; change the parameters for a GPU.
@@ -49,7 +50,9 @@ N_TEST = 500            # test images per site
 N_SITE = 400            # images of the new site D the support set is drawn from
 PER_CLASS = 4           # labelled support images per class from site D
 N_EXAMPLES = 60         # example images per concept for TCAV
-EPOCHS = 8              # ViT epochs (raise on a GPU, e.g. 14 with 8000 images)
+BACKBONE = "resnet18"   # "resnet18", or "vit_tiny" (a ViT from scratch needs ~30 epochs and more images)
+EPOCHS = 5              # ResNet-18, 3000 images: CBM 0.82, black box 0.78, concept AUC 0.95 (5 min, 2 cores)
+LR = 1e-3               # learning rate (ViT: 5e-4)
 DEPTH = 4               # ViT blocks
 WIDTH = 96              # ViT width
 N_RANDOM = 10           # random sets for the TCAV t-test (Kim et al.: tens)
@@ -67,12 +70,15 @@ wb.set_threads("auto")   # on a CPU other jobs share, fewer threads run faster (
 
 train = wb.data.load("phantom", split="train", n=N_TRAIN, size=SIZE, task="diagnosis")
 test = wb.data.load("phantom", split="test", n=N_TEST, size=SIZE, task="diagnosis")
-vit = {"img_size": SIZE, "in_chans": 1, "patch_size": 8, "depth": DEPTH, "embed_dim": WIDTH, "num_heads": 2}
+VIT = BACKBONE.startswith("vit")
+arch = ({"img_size": SIZE, "in_chans": 1, "patch_size": 8, "depth": DEPTH, "embed_dim": WIDTH, "num_heads": 2} if VIT
+        else {"img_size": SIZE, "in_chans": 1})
+LAYER = f"blocks.{DEPTH - 1}" if VIT else "layer4"   # the TCAV layer: the last block / stage
 train
 
 # %% [markdown]
 # ## A CBM and a black box
-# The CBM is the ViT with a concept head on its pooled token (five concept logits) and a linear task
+# The CBM is the backbone with a concept head on its pooled features (five concept logits) and a linear task
 # head on the concept probabilities. Koh et al. train it three ways: *jointly* (task loss plus the
 # concept loss through the whole network), *sequentially* (the head on the predicted concepts), or
 # *independently* (the concept predictor on the concept loss alone, the head on the true concepts).
@@ -85,12 +91,12 @@ train
 # fits it to convergence (L-BFGS on the true or the predicted training concepts, seconds).
 
 # %%
-cbm = wc.create("vit_tiny", concepts=train, num_classes=6, mode=MODE, classes=train.classes, **vit)
-wb.fit(cbm, train, epochs=EPOCHS, batch_size=64, lr=5e-4, device=DEVICE, seed=0)
+cbm = wc.create(BACKBONE, concepts=train, num_classes=6, mode=MODE, classes=train.classes, **arch)
+wb.fit(cbm, train, epochs=EPOCHS, batch_size=64, lr=LR, device=DEVICE, seed=0)
 # the second stage: the head fitted to convergence on the true (independent) or predicted concepts
 cbm = wc.fit_head(cbm, train, on="true" if MODE == "independent" else "predicted")
-blackbox = wb.models.create("vit_tiny", num_classes=6, **vit)
-wb.fit(blackbox, train, epochs=EPOCHS, batch_size=64, lr=5e-4, device=DEVICE, seed=0)
+blackbox = wb.models.create(BACKBONE, num_classes=6, **arch)
+wb.fit(blackbox, train, epochs=EPOCHS, batch_size=64, lr=LR, device=DEVICE, seed=0)
 {"CBM accuracy": wb.evaluate(cbm, test).accuracy, "black-box accuracy": wb.evaluate(blackbox, test).accuracy}
 
 # %% [markdown]
@@ -132,8 +138,9 @@ curve.table().round(3).head(6)
 # %% [markdown]
 # ## Where each concept is evidenced
 # For a ViT, each patch token goes through the concept head (patch-level concept evidence, as in
-# concept-based similarity reasoning, Huy et al., CVPR 2025), scored against the findings' masks
-# with the localisation metrics of `workbench.evaluation`.
+# concept-based similarity reasoning, Huy et al., CVPR 2025); for a CNN, Grad-CAM of each concept
+# logit. Both are scored against the findings' masks with the localisation metrics of
+# `workbench.evaluation`.
 
 # %%
 maps = wc.concept_maps(cbm, batch)
@@ -143,7 +150,7 @@ wc.score_concept_maps(maps, batch).round(3)
 # %% [markdown]
 # ## TCAV: does the black box use a finding, or the chest drain?
 # A concept activation vector (CAV) is the normal of a linear probe that separates a concept's
-# examples from random images at a layer (here the last block); the TCAV score is the share of
+# examples from random images at a layer (here the last block or stage); the TCAV score is the share of
 # pneumothorax images whose class logit rises along it. CAVs against `N_RANDOM` random sets are
 # compared with random-vs-random CAVs by a two-sided t-test (Kim et al. 2018). A second black box is
 # trained with the planted shortcut: drains in 90 % of the pneumothorax images and 10 % of the others.
@@ -157,16 +164,16 @@ examples = wc.concept_examples(pool, [*train.concept_names, "device", "marker"],
 random_pool = wb.data.load("phantom", split="random", n=4 * N_EXAMPLES, size=SIZE, task="diagnosis",
                            prevalence={f: 0.5 for f in train.concept_names}, device_p=0.5)
 biased = wb.data.load("phantom", split="train", n=N_TRAIN, size=SIZE, task="diagnosis", shortcut=SHORTCUT)
-shortcut_model = wb.models.create("vit_tiny", num_classes=6, **vit)
-history = wb.fit(shortcut_model, biased, epochs=EPOCHS, batch_size=64, lr=5e-4, device=DEVICE, seed=0)
+shortcut_model = wb.models.create(BACKBONE, num_classes=6, **arch)
+history = wb.fit(shortcut_model, biased, epochs=EPOCHS, batch_size=64, lr=LR, device=DEVICE, seed=0)
 
 # %%
 ptx = test.batch((test.labels == test.classes.index("pneumothorax")).nonzero().flatten())
-tcav = {name: wc.tcav(m, ptx, examples, layer=f"blocks.{DEPTH - 1}", target=test.classes.index("pneumothorax"),
+tcav = {name: wc.tcav(m, ptx, examples, layer=LAYER, target=test.classes.index("pneumothorax"),
                       random=wc.random_images(random_pool, 4 * N_EXAMPLES), n_random=N_RANDOM, min_examples=4)
         for name, m in {"black box": blackbox, "with shortcut": shortcut_model}.items()}
 fig = tcav["with shortcut"].plot()
-wb.viz.save_figure(fig, f"{OUT}/tcav_shortcut", params={"layer": f"blocks.{DEPTH - 1}", "n_random": N_RANDOM})
+wb.viz.save_figure(fig, f"{OUT}/tcav_shortcut", params={"layer": LAYER, "n_random": N_RANDOM})
 {name: r.table[["score", "random_score", "p_value", "significant"]].round(3) for name, r in tcav.items()}
 
 # %% [markdown]
@@ -179,7 +186,7 @@ wb.viz.save_figure(fig, f"{OUT}/tcav_shortcut", params={"layer": f"blocks.{DEPTH
 # weight is trained. The baseline retrains the task head on the same support images.
 #
 # The concept layer can only rescale what reaches it. `wc.test_time_normalise` acts where the shift
-# enters: every normalised layer (here the ViT's patch embedding and block outputs) uses the
+# enters: every normalised layer (a CNN's batch norms; a ViT's patch embedding and block outputs) uses the
 # statistics of the batch being predicted, mixed with the source's (Schneider et al. 2020). It needs
 # no label, but the predictions then depend on the batch: predict a site's images in batches of that
 # site (`wb.evaluate` does, one site per call here).
