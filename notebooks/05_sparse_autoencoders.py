@@ -153,7 +153,10 @@ classes.summary(10).round(3)
 # ## Confounder search
 # Latents the model leans on (first-order contribution of each latent to the log-probability of
 # "abnormal", summed over tokens) whose activation sits on devices, markers or outside the body.
-# With the planted shortcut, a drain latent should come first.
+# With the planted shortcut, a drain latent should rank high once the model has learnt the shortcut
+# (the benchmark's ViT, 8,000 images x 10 epochs: in the top 3). At these default settings (4,000
+# x 6) a 2026-12-02 run did not show it: the top latents carried almost no device mass (see
+# `share_device`); train longer, or read this table as "no drain reliance found yet".
 
 # %%
 suspects = wb.sae.confounders(sae, model, test, suspects=("device", "marker"), top=5)
