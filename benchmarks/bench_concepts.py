@@ -428,6 +428,10 @@ def part_site(s: Settings) -> str:
         mode = CBM_MODES[kind]
         zs, ys, cs = concept_logits_of(cbm, src_test, adapted=False, with_labels=True)
         src0 = _acc_from_logits(cbm, zs, ys)
+        # normalisation statistics from each batch of NORM_BATCH images of one site (source batches for the
+        # source change); the same model for both sites and every draw: it needs no support image
+        norm = wc.test_time_normalise(cbm, val, prior=NORM_PRIOR)
+        zs_n = concept_logits_of(norm, src_test, batch_size=NORM_BATCH, adapted=False)
         for site in ("D", "E"):
             if site == "E":
                 site = _stronger_site()
@@ -435,10 +439,6 @@ def part_site(s: Settings) -> str:
             pool = data(s, "support", 600 if s.quick else 1500, sites=site)
             zt, yt, ct = concept_logits_of(cbm, tgt, adapted=False, with_labels=True)
             tgt0 = _acc_from_logits(cbm, zt, yt)
-            # normalisation statistics from each batch of NORM_BATCH images of one site (source batches for the
-            # source change); the same for every draw: it needs no support image
-            norm = wc.test_time_normalise(cbm, val, prior=NORM_PRIOR)
-            zs_n = concept_logits_of(norm, src_test, batch_size=NORM_BATCH, adapted=False)
             zt_n = concept_logits_of(norm, tgt, batch_size=NORM_BATCH, adapted=False)
             res = {"tti": ([], []), "head": ([], []), "norm_tti": ([], []),
                    "norm": ([_acc_from_logits(cbm, zt_n, yt) - tgt0], [_acc_from_logits(cbm, zs_n, ys) - src0])}
@@ -629,7 +629,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default=None, help="train: comma-separated arch:kind (e.g. vit:cbm) to train now "
                     "(one heavy-lock turn per model)")
-    ap.add_argument("--site-kinds", default="cbm_w10,cbm_independent", help="site: the CBMs to repair (cbm = joint)")
+    ap.add_argument("--site-kinds", default="cbm_w10,cbm_independent", help="site: the CBMs to repair (kinds of MODELS)")
     ap.add_argument("--out", default=str(TABLE))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -27,9 +27,11 @@ site's images in batches of that site only, of about 16 images or more; a single
 ``1 / (1 + prior)`` of its own statistics. Source images in source batches are barely moved (the
 batch statistics are the source's), which is what keeps the source accuracy: fixing one site's
 statistics in the model instead (the batch-norm statistics of a support set of 24 images, prior
-0-8) moved the source by 7-19 points in a trial on the benchmark's joint ResNet-18 CBM. Written here rather than taken from a library: the peers
-(TTA libraries such as tent's reference code) re-estimate BN statistics only, in train mode, with
-no prior and no path for LayerNorm models; this is two small module wrappers.
+0-8) moved the source by 7-19 points in a trial on the benchmark's joint ResNet-18 CBM.
+
+Written here rather than taken from a library: the peers (TTA libraries such as tent's reference
+code) re-estimate BN statistics only, in train mode, with no prior and no path for LayerNorm
+models; this is two small module wrappers.
 """
 from __future__ import annotations
 
@@ -114,7 +116,7 @@ def test_time_normalise(model: nn.Module, source: Any = None, *, prior: float = 
     """
     check_model(model)
     prior = check_number(prior, "prior", low=0.0)
-    adapted = copy.deepcopy(model).eval()
+    adapted = copy.deepcopy(model)
     names = dict(adapted.named_modules())
     bns = [n for n, m in names.items() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if layers == "auto" and bns:
@@ -176,19 +178,16 @@ def _source_stats(model: nn.Module, source: Any, layers: list[str],
             s[2] += len(f)
         return h
 
+    if torch.is_tensor(source):
+        from ._validate import check_images
+
+        source = check_images(source, "source images", model=model)
     with _Eval(model, device) as (m, dev):
         mods = dict(m.named_modules())
         handles = [mods[n].register_forward_hook(hook(n)) for n in layers]
         try:
-            if torch.is_tensor(source):
-                from ._validate import check_images
-
-                x = check_images(source, "source images", model=model)
-                for i in range(0, len(x), batch_size):
-                    m(x[i:i + batch_size].to(dev))
-            else:
-                for batch in BatchSource(as_source(source), batch_size, dev, 0, keep_on_device=False)(shuffle=False):
-                    m(batch["image"])
+            for batch in BatchSource(as_source(source), batch_size, dev, 0, keep_on_device=False)(shuffle=False):
+                m(batch["image"])
         finally:
             for h in handles:
                 h.remove()
