@@ -18,6 +18,12 @@ def main(out: Path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from test_sae_store import tiny_data, tiny_vit
 
+    def torn_down():  # registered before distributed(), so atexit runs it after workbench's own handler
+        import torch.distributed as td
+        (out / f"exit{d.rank}.json").write_text(json.dumps({"initialized": td.is_initialized()}))
+
+    import atexit
+    atexit.register(torn_down)
     d = jobs.distributed()
     if d.is_main:
         torch.manual_seed(0)

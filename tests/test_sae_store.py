@@ -233,6 +233,8 @@ def test_torchrun_two_processes_cache_their_shares_under_one_manifest(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in (0, 1)]
     assert [x["world"] for x in ranks] == [2, 2]
+    for k in (0, 1):   # workbench destroyed the process group it created before the interpreter went down
+        assert json.loads((tmp_path / f"exit{k}.json").read_text()) == {"initialized": False}
     shards = sorted(ranks[0]["written"] + ranks[1]["written"])
     assert shards == list(range(5)) and ranks[0]["written"] and ranks[1]["written"]   # each rank cached its share
     store = wb.sae.open_store(tmp_path / "store")

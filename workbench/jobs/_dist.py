@@ -2,6 +2,7 @@
 and collective helpers that are no-ops in one process."""
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from dataclasses import dataclass
@@ -77,7 +78,23 @@ def distributed(backend: str | None = None) -> Dist:
         if backend == "nccl":
             torch.cuda.set_device(local % max(1, torch.cuda.device_count()))
         td.init_process_group(backend=backend, timeout=_TIMEOUT)
+        atexit.register(_shutdown)
     return Dist(rank=td.get_rank(), world_size=td.get_world_size(), local_rank=local)
+
+
+def _shutdown() -> None:
+    """Destroy the process group ``distributed()`` created, while the interpreter is still whole.
+
+    Without it gloo's worker threads can outlive interpretation and the process dies with SIGABRT
+    ("terminate called without an active exception") after its work is done, which ``torchrun``
+    reports as a failed rank (pytorch/pytorch#190489).
+    """
+    import torch.distributed as td
+    if td.is_available() and td.is_initialized():
+        try:
+            td.destroy_process_group()
+        except Exception:  # noqa: BLE001 - exiting anyway; a failed tear-down must not mask the job's result
+            pass
 
 
 def rank_device(device: str | torch.device | None = "auto") -> torch.device:
