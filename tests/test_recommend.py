@@ -88,3 +88,47 @@ def test_a_method_measured_on_few_lesions_does_not_win_on_luck(evidence, monkeyp
     r = R.recommend(resnet, modality="ultrasound")
     assert r.method == "occlusion" and list(r.evidence["method"]) == ["occlusion", "feature_ablation"]
 
+
+
+def test_smoothed_evidence_ranks_by_the_smoothed_maps_and_attribute_applies_the_blur(evidence, monkeypatch, tmp_path):
+    """A method whose smoothed maps point better wins, and ``attribute`` returns its maps blurred by the
+    chosen sigma scaled to the images' width (16 px at the benchmark's 128 px -> 4 px at 32 px)."""
+    import workbench as wb
+
+    rows = _rows(("occlusion", 0.47, 0.23), ("saliency", 0.30, 0.10), ("gradcam", 0.40, 0.2))
+    rows[1].update(smooth_sigma=16, pointing_smooth=0.62, pointing_smooth_lo=0.52, pointing_smooth_hi=0.72)
+    rows[2].update(smooth_sigma=0, pointing_smooth=0.40, pointing_smooth_lo=0.30, pointing_smooth_hi=0.50)
+    path = tmp_path / "smooth.json"
+    path.write_text(json.dumps({"modalities": {"ultrasound": {"cnn": {"source": "s", "rows": rows}}}}))
+    monkeypatch.setattr(R, "EVIDENCE", path)
+    R._load.cache_clear()
+    from timm.models.resnet import BasicBlock, ResNet
+
+    torch.manual_seed(0)
+    resnet = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=3, in_chans=1, channels=(8, 16, 32, 64)).eval()
+    r = R.recommend(resnet, modality="ultrasound")
+    assert (r.method, r.smooth) == ("saliency", 16.0) and "sigma 16" in str(r)
+    assert list(r.evidence["method"]) == ["saliency", "occlusion", "gradcam"]
+    x = torch.rand(2, 1, 32, 32)
+    got = r.attribute(resnet, x, target=torch.tensor([0, 2]))
+    raw = wb.attribute(resnet, x, target=torch.tensor([0, 2]), method="saliency")
+    assert got.params["smooth_sigma"] == 4.0
+    assert torch.allclose(got.maps, raw.smoothed(4.0).maps) and not torch.allclose(got.maps, raw.maps)
+    rows[1]["pointing_smooth_lo"] = 0.2   # the smoothed score's CI decides: now occlusion's raw 0.37 is higher
+    path.write_text(json.dumps({"modalities": {"ultrasound": {"cnn": {"source": "s", "rows": rows}}}}))
+    R._load.cache_clear()
+    r = R.recommend(resnet, modality="ultrasound")
+    assert (r.method, r.smooth) == ("occlusion", 0.0) and r.attribute(resnet, x[:1], target=0, window=8).maps.shape == (1, 32, 32)
+
+
+def test_the_note_says_when_no_method_beats_pointing_at_the_image_centre(evidence, monkeypatch, tmp_path):
+    from timm.models.resnet import BasicBlock, ResNet
+
+    resnet = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=3, in_chans=1, channels=(8, 16, 32, 64))
+    for centre, says in ((0.3, False), (0.5, True)):
+        entry = {"source": "s", "rows": _rows(("occlusion", 0.47, 0.23)), "image_centre": centre}
+        path = tmp_path / f"centre{centre}.json"
+        path.write_text(json.dumps({"modalities": {"ultrasound": {"cnn": entry}}}))
+        monkeypatch.setattr(R, "EVIDENCE", path)
+        R._load.cache_clear()
+        assert ("image's centre hits 0.50" in R.recommend(resnet, "ultrasound").note) is says
