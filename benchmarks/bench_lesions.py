@@ -312,18 +312,25 @@ def _save_methods(rows: list[dict], per_rows: list[pd.DataFrame], note: str) -> 
     key = ["data", "model", "method"]
     new, per = pd.DataFrame(rows), (pd.concat(per_rows) if per_rows else pd.DataFrame(columns=key))
     for name, df in (("methods", new), ("methods_per_image", per)):
-        f = results_dir() / f"{name}.csv"
-        if f.is_file() and len(df):
-            old = pd.read_csv(f)
-            done = set(map(tuple, df[key].drop_duplicates().itertuples(index=False)))
-            old = old[[tuple(r) not in done for r in old[key].itertuples(index=False)]]
-            df = pd.concat([old, df], ignore_index=True)
+        if len(df):
+            df = _replace_rows(name, df)
         if name == "methods":
             save_part("methods", df, note or (load_part("methods")[1]))
         else:
-            df.to_csv(f, index=False)
+            df.to_csv(results_dir() / f"{name}.csv", index=False)
             per = df
     return per
+
+
+def _replace_rows(name: str, df: pd.DataFrame, key: tuple[str, ...] = ("data", "model", "method")) -> pd.DataFrame:
+    """Part ``name`` with this run's rows: they replace an earlier run's rows of the same ``key``
+    (a rerun of a few methods or models), the others are kept."""
+    old, _ = load_part(name)
+    if old is None:
+        return df
+    key = list(key)
+    done = set(map(tuple, df[key].drop_duplicates().itertuples(index=False)))
+    return pd.concat([old[[tuple(r) not in done for r in old[key].itertuples(index=False)]], df], ignore_index=True)
 
 
 def cases_figure(models: dict, busi_test, per: pd.DataFrame) -> None:
@@ -397,12 +404,13 @@ def stage_smooth(args) -> None:
             guide_weight=args.guide_weight)[0] for seed in args.seeds}
     else:
         models = _models(args)
-    sets = {"busi": {"val": lesion_set(busi("val")), "test": lesion_set(busi("test"))},
-            "phantom": {"val": nodule_set(phantom("val", 800), args.n_phantom),
-                        "test": nodule_set(phantom("test", 800), args.n_phantom)}}
+    used = {d for d, _ in models}
+    tests = {d: busi("test") if d == "busi" else phantom("test", 800) for d in used}
+    sets = {d: {"val": lesion_set(busi("val")) if d == "busi" else nodule_set(phantom("val", 800), args.n_phantom),
+                "test": lesion_set(tests[d]) if d == "busi" else nodule_set(tests[d], args.n_phantom)} for d in used}
     methods = args.methods or [m for m in METHODS.names() if m not in SLOW or m == "occlusion"]
     rows, per_rows = [], []
-    for data in {d for d, _ in models}:  # the reference a method must beat: always point at the image's centre
+    for data in used:  # the reference a method must beat: always point at the image's centre
         r = {"data": data, "model": "(none)", "method": "image centre", "sigma": 0}
         for split, ev in sets[data].items():
             h, w = ev["mask"].shape[-2:]
@@ -414,7 +422,6 @@ def stage_smooth(args) -> None:
                 for tag in ("raw", "smooth"):
                     r[f"pointing_{tag}"], r[f"pointing_{tag}_lo"], r[f"pointing_{tag}_hi"] = boot(hit)
         rows.append(r)
-    tests = {"busi": busi("test"), "phantom": phantom("test", 800)}
     for (data, arch), model in models.items():
         tol = TOL if data == "busi" else PH_TOL
         auc = wb.evaluate(model, tests[data]).auc
@@ -462,16 +469,9 @@ def stage_smooth(args) -> None:
 
 def _save_smooth(rows: list[dict], per_rows: list[pd.DataFrame], note: str) -> None:
     """This run's (data, model, method) rows replace the same rows of an earlier run; the others stay."""
-    key = ["data", "model", "method"]
-    for name, df in (("smooth", pd.DataFrame(rows)), ("smooth_per_image", pd.concat(per_rows) if per_rows else None)):
-        if df is None:
-            continue
-        old, _ = load_part(name)
-        if old is not None:
-            done = set(map(tuple, df[key].drop_duplicates().itertuples(index=False)))
-            df = pd.concat([old[[tuple(r) not in done for r in old[key].itertuples(index=False)]], df],
-                           ignore_index=True)
-        save_part(name, df, note)
+    save_part("smooth", _replace_rows("smooth", pd.DataFrame(rows)), note)
+    if per_rows:
+        save_part("smooth_per_image", _replace_rows("smooth_per_image", pd.concat(per_rows)), note)
 
 
 def stage_guided(args) -> None:

@@ -85,7 +85,7 @@ def distributed(backend: str | None = None) -> Dist:
 def _shutdown() -> None:
     """Destroy the process group ``distributed()`` created, while the interpreter is still whole.
 
-    Without it gloo's worker threads can outlive interpretation and the process dies with SIGABRT
+    Without it gloo's worker threads can outlive the interpreter's teardown and the process dies with SIGABRT
     ("terminate called without an active exception") after its work is done, which ``torchrun``
     reports as a failed rank (pytorch/pytorch#190489).
     """
