@@ -28,6 +28,7 @@ Each part prints a markdown table and writes it to ``benchmarks/tables/sae_<part
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -141,7 +142,7 @@ def part_caching(args) -> None:
     rows = ["| model | input | layer | depth | full forward img/s | floor img/s | truncated forward img/s | "
             "cache img/s | cache / floor | cache / truncated forward |", "|---|---|---|---|---|---|---|---|---|---|"]
     # 4096 phantom images (about 2 s of caching): with 1024 the fixed cost of a call (fingerprints, folder,
-    # manifest, parquet table: about 35 ms) was 8 % of the time
+    # manifest, parquet table: about 35 ms then, 10 ms beyond the forward on 2026-12-03) was 8 % of the time
     cases = [("phantom ViT (sae_vit64_clean)", bench_model("clean"), MIDDLE, 1, 4, 64, 4096),
              ("vit_small, random weights", wb.models.create("vit_small", num_classes=2, img_size=224, in_chans=1,
                                                           patch_size=16), "blocks.5", 5, 12, 224, 96),
@@ -166,7 +167,7 @@ def part_caching(args) -> None:
         rows.append(f"| {label} | 1x{size}x{size}, batch {batch} | {layer} | {depth} | {f:.0f} | {floor:.0f} | "
                     f"{tr:.0f} | {c:.0f} | **{c / floor:.2f}** | **{c / tr:.2f}** |")
     note = ("cache = `wb.sae.cache` end to end (truncated forward, float16 conversion, shard files, manifest, "
-            "parquet table; about 35 ms per call whatever the size) on an in-memory phantom split (4096 images at "
+            "parquet table; about 10 ms per call beyond the forward, whatever the size) on an in-memory phantom split (4096 images at "
             "64 px, 96 at 224 px); floor = full-forward img/s x depth / (layer + 1); truncated forward = the same "
             "model's no-grad forward stopped after the layer (`capture.stop_after`), nothing stored: unlike the "
             "floor it includes the patch embedding / stem, which the depth ratio leaves out; "
@@ -256,14 +257,18 @@ def _fvu_l0(x: torch.Tensor, x_hat: torch.Tensor, codes: torch.Tensor) -> tuple[
 class _Peer:
     """One implementation's training step and encode/decode, built the way its own trainer does."""
 
-    def __init__(self, name: str, kind: str, d: int, d_sae: int, k: int, batch: int, lr: float, sample: torch.Tensor):
+    def __init__(self, name: str, kind: str, d: int, d_sae: int, k: int, batch: int, lr: float, sample: torch.Tensor,
+                 l1: float | None = None):
+        """``l1``: the ReLU SAE's sparsity coefficient on the implementation's own scale (None: the default
+        used in the speed table, ``PEER_L1``)."""
         self.name, self.kind, self.step_no = name, kind, 0
+        l1 = PEER_L1[name] if l1 is None else l1
         torch.manual_seed(0)
         if name == "saev":
             from saev import config as scfg
             from saev import nn as snn
 
-            self.sae = snn.SparseAutoencoder(scfg.SparseAutoencoder(d_vit=d, exp_factor=d_sae // d, sparsity_coeff=4e-4,
+            self.sae = snn.SparseAutoencoder(scfg.SparseAutoencoder(d_vit=d, exp_factor=d_sae // d, sparsity_coeff=l1,
                                                                    n_reinit_samples=len(sample)))
             self.sae.init_b_dec(sample)
             self.opt = torch.optim.Adam(self.sae.parameters(), lr=lr)
@@ -281,7 +286,7 @@ class _Peer:
             elif kind == "batchtopk":
                 self.sae, self.loss = BatchTopKSAE(d, d_sae, top_k=k * batch), top_k_auxiliary_loss
             else:
-                self.sae, self.loss = SAE(d, d_sae), mse_l1
+                self.sae, self.loss = SAE(d, d_sae), functools.partial(mse_l1, penalty=l1)
             self.opt = torch.optim.Adam(self.sae.parameters(), lr=lr)
         elif name == "sae-lens":
             from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
@@ -295,9 +300,9 @@ class _Peer:
                 self.sae = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=d, d_sae=d_sae, k=k, device="cpu"))
                 self.coef = {}
             else:
-                self.sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d, d_sae=d_sae, l1_coefficient=5.0,
+                self.sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d, d_sae=d_sae, l1_coefficient=l1,
                                                                          device="cpu"))
-                self.coef = {"l1": 5.0}
+                self.coef = {"l1": l1}
             with torch.no_grad():
                 self.sae.b_dec.copy_(sample.mean(0))
             self.since_fired = torch.zeros(d_sae)
@@ -345,6 +350,9 @@ class _Peer:
         return _fvu_l0(x, x_hat, codes)
 
 
+#: each implementation's ReLU sparsity coefficient in the speed table (its own scale; overcomplete's mse_l1
+#: penalty defaults to 1)
+PEER_L1 = {"saev": 4e-4, "overcomplete": 1.0, "sae-lens": 5.0, "workbench": 5e-3}
 PEERS = {"relu": ("saev", "overcomplete", "sae-lens"), "topk": ("overcomplete", "sae-lens"),
          "batchtopk": ("overcomplete", "sae-lens")}
 
@@ -448,6 +456,89 @@ def part_speed(args) -> None:
             f"differ; TopK and BatchTopK compare at equal k.")
     write_table("speed", "### SAE training throughput and FVU vs peers\n\n" + machine() + "\n\n" + "\n".join(rows)
                 + "\n\n" + note)
+
+
+# -- ReLU SAEs at equal L0 ------------------------------------------------------------------------------
+def _bracket(fit, c0: float, target: float, max_runs: int = 7) -> dict[float, tuple[float, float]]:
+    """Sparsity coefficients from ``c0`` by factors of 3 until one run lands above ``target`` L0 and one
+    at or below it (L0 > 0); ``fit(c)`` -> (FVU, L0). Returns {coefficient: (FVU, L0)}."""
+    pts: dict[float, tuple[float, float]] = {}
+    c = c0
+    for _ in range(max_runs):
+        pts[c] = fit(c)
+        l0s = [l0 for _, l0 in pts.values()]
+        if any(l0 > target for l0 in l0s) and any(0 < l0 <= target for l0 in l0s):
+            break
+        c = c * 3 if pts[c][1] > target else c / 3
+    return pts
+
+
+def _fvu_at(pts: dict[float, tuple[float, float]], target: float) -> float:
+    """FVU at ``target`` L0, linear in log L0 between the nearest runs on either side (NaN if not bracketed)."""
+    above = [(l0, f) for f, l0 in pts.values() if l0 > target]
+    below = [(l0, f) for f, l0 in pts.values() if 0 < l0 <= target]
+    if not above or not below:
+        return float("nan")
+    (la, fa), (lb, fb) = min(above), max(below)
+    t = (np.log(target) - np.log(lb)) / (np.log(la) - np.log(lb))
+    return float(fb + t * (fa - fb))
+
+
+def part_frontier(args) -> None:
+    """ReLU SAEs of workbench and the peers compared at equal L0: each implementation's sparsity coefficient
+    is moved by factors of 3 from its default until its held-out L0 brackets the target, and its FVU at the
+    target is interpolated (log L0). Same tokens, training tokens, batch and lr as the speed part's quality."""
+    d, exp, batch, target = 192, 8, 4096, 32
+    d_sae = d * exp
+    x = _tokens(args.speed_images, "train")
+    held = _tokens(512, "test")
+    lr, tokens = 6.5e-4, args.quality_tokens
+    train_batches = [x[torch.randint(0, len(x), (batch,), generator=torch.Generator().manual_seed(i))]
+                     for i in range(tokens // batch)]
+
+    def fit_for(name: str):
+        def fit(c: float) -> tuple[float, float]:
+            if name == "workbench":
+                sae, _ = wb.sae.train(x, "relu", expansion=exp, batch_size=batch, tokens=tokens, lr=lr, l1_coef=c,
+                                      progress=False, device="cpu")
+                with torch.no_grad():
+                    out = sae(held)
+                r = _fvu_l0(held, out.x_hat, out.codes)
+            else:
+                peer = _Peer(name, "relu", d, d_sae, 32, batch, lr, x[:65536], l1=c)
+                for xb in train_batches:
+                    peer.step(xb)
+                r = peer.evaluate(held)
+            print(f"  frontier {name} l1 {c:.3g}: FVU {r[0]:.3f}, L0 {r[1]:.1f}", flush=True)
+            return r
+        return fit
+
+    results = {}
+    for name in ("workbench",) + PEERS["relu"]:
+        try:
+            results[name] = _bracket(fit_for(name), PEER_L1[name], target)
+        except ImportError as e:
+            results[name] = f"not installed ({e})"
+    at = {n: _fvu_at(p, target) for n, p in results.items() if isinstance(p, dict)}
+    best_peer = min([v for n, v in at.items() if n != "workbench" and v == v] or [float("nan")])
+    rows = [f"| implementation | runs: coefficient -> held-out L0 / FVU | FVU at L0 = {target} | FVU / best peer's |",
+            "|---|---|---|---|"]
+    for name, pts in results.items():
+        if not isinstance(pts, dict):
+            rows.append(f"| {name} | {pts} | | |")
+            continue
+        runs = "; ".join(f"{c:.3g} -> {l0:.1f} / {f:.3f}" for c, (f, l0) in sorted(pts.items()))
+        v = at[name]
+        bold = "**" if name == "workbench" else ""
+        rows.append(f"| {name} | {runs} | {bold}{v:.3f}{bold} | {bold}{v / best_peer:.2f}{bold} |")
+    note = (f"ReLU SAEs (d = {d}, x{exp}, batch {batch}, Adam at lr {lr}, {tokens:,} training tokens; the speed part's "
+            f"tokens and held-out tokens). Each implementation's sparsity coefficient (its own scale: saev's "
+            f"sparsity_coeff, Overcomplete's mse_l1 penalty, SAELens' l1_coefficient, workbench's l1_coef) starts at "
+            f"the speed table's value and moves by factors of 3 until the held-out L0 lies on both sides of {target}; "
+            f"FVU at L0 = {target} interpolated linearly in log L0 between the two nearest runs (a run with L0 = 0, "
+            "every latent dead, brackets nothing). Below 1 in the last column: workbench reconstructs better at "
+            "the same sparsity.")
+    write_table("frontier", "### ReLU SAEs at equal L0\n\n" + machine() + "\n\n" + "\n".join(rows) + "\n\n" + note)
 
 
 # -- quality on the phantom ViT's middle block --------------------------------------------------------
@@ -611,11 +702,14 @@ def part_atlas(args) -> None:
 
 
 # -- shortcut: confounder search and interventions -------------------------------------------------------
+DEVICE_LATENT = 0.75   # a latent whose per-image maximum tells drain images from the others this well
+
+
 def part_shortcut(args) -> None:
     test = phantom("test", RECIPE["n_test"])
     area = float(test.masks["device"].float().mean())
-    rows = ["| model | rank | latent | score | reliance | label AUROC | device share | device enrichment | "
-            "detects device (AUROC) | marker share | outside body |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | rank | latent | score | reliance | label AUROC | off evidence | device share | device enrichment | "
+            "detects device (AUROC) | marker share | outside body |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     summary = []
     saes = {}
     for name, sc in (("shortcut", SHORTCUT), ("clean", None)):
@@ -625,16 +719,17 @@ def part_shortcut(args) -> None:
         found = wb.sae.confounders(sae, model, test, top=10**9)   # every latent that fires, ranked
         for i, r in found.head(5).iterrows():
             rows.append(f"| {name} | {i + 1} | {int(r.latent)} | {r.score:.4f} | {r.reliance:.4f} | {r.label_auc:.3f} | "
-                        f"{r.share_device:.2f} | {r.share_device / area:.1f}x | {r.detects_device:.2f} | "
+                        f"{r.off_evidence:.2f} | {r.share_device:.2f} | {r.share_device / area:.1f}x | {r.detects_device:.2f} | "
                         f"{r.share_marker:.2f} | {r.outside_body:.2f} |")
-        device_ranks = [i + 1 for i, r in found.head(10).iterrows() if r.share_device / area >= 5]
+        device_ranks = [i + 1 for i, r in found.head(10).iterrows() if r.detects_device >= DEVICE_LATENT]
         best = int(found.detects_device.fillna(0).values.argmax())
-        summary.append(f"{name}: first latent with device enrichment >= 5x at rank "
+        summary.append(f"{name}: first device latent (detects device >= {DEVICE_LATENT}) at rank "
                        f"{device_ranks[0] if device_ranks else '> 10'}; the dictionary's best device detector "
                        f"(latent {int(found.latent.iloc[best])}, AUROC {found.detects_device.iloc[best]:.2f}) at rank "
                        f"{best + 1} of {len(found)}")
     note = (f"Confounder search (`wb.sae.confounders`, suspects device and marker, plus outside the body) on "
-            f"{len(test)} unbiased test images; score = |reliance| x off-anatomy share; reliance = mean first-order "
+            f"{len(test)} unbiased test images; score = |reliance| x off evidence (the larger of the latent's "
+            f"activation share off the anatomy and its best suspect detection above chance, 2 x AUROC - 1); reliance = mean first-order "
             f"contribution to log p(abnormal). Device enrichment = the latent's device mass share / the device's share "
             f"of image area ({area:.2%}); detects device = AUROC of the latent's per-image maximum for the device's "
             f"presence, within each class, averaged (`detects_device`; independent of the 8 px patch grid, which "
@@ -665,6 +760,7 @@ def part_shortcut(args) -> None:
 
 
 PARTS = {"models": part_models, "caching": part_caching, "memory": part_memory, "speed": part_speed,
+         "frontier": part_frontier,
          "quality": part_quality, "atlas": part_atlas, "shortcut": part_shortcut}
 
 

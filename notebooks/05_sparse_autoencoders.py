@@ -45,14 +45,14 @@
 #
 # The ViT is trained with a **planted shortcut**: in the training split chest drains (`device`)
 # come with 90 % of abnormal and 10 % of normal images; in the test split they are independent of
-# the label. Small settings run on a CPU in a few minutes; change the parameters for your data or
-# a GPU.
+# the label. The default settings run on a 2-core CPU in about five minutes; change the
+# parameters for your data or a GPU.
 
 # %% tags=["parameters"]
 SIZE = 64
-N_TRAIN = 4000          # phantom training images (with the shortcut)
+N_TRAIN = 8000          # phantom training images (with the shortcut)
 N_TEST = 400            # unbiased test images
-EPOCHS = 6              # ViT epochs (raise on a GPU, e.g. 10 with 10000 images)
+EPOCHS = 10             # ViT epochs: fewer (6 with 4,000 images) and the ViT has not yet learnt the shortcut
 DEPTH = 4               # ViT blocks
 WIDTH = 96              # ViT width
 LAYER = "blocks.1"      # the layer the SAE reads: the middle of the ViT
@@ -152,11 +152,15 @@ classes.summary(10).round(3)
 # %% [markdown]
 # ## Confounder search
 # Latents the model leans on (first-order contribution of each latent to the log-probability of
-# "abnormal", summed over tokens) whose activation sits on devices, markers or outside the body.
-# With the planted shortcut, a drain latent should rank high once the model has learnt the shortcut
-# (the benchmark's ViT, 8,000 images x 10 epochs: in the top 3). At these default settings (4,000
-# x 6) a 2026-12-02 run did not show it: the top latents carried almost no device mass (see
-# `share_device`); train longer, or read this table as "no drain reliance found yet".
+# "abnormal", summed over tokens) times the evidence that it sits off the anatomy: its activation
+# share on devices, markers or outside the body, or how well it detects a device's or marker's
+# presence within each class (`detects_device`; 0.5 is chance), whichever is larger. A drain
+# covers 0.3 % of the image, so even a drain latent has most of its mass on the 8 px patches
+# beside it (`share_device` near 0.01): detection is the evidence that counts for a structure this
+# thin. With the planted shortcut learnt (these settings, as the benchmark's ViT), a drain detector
+# tops the table with a score several times the next; with 4,000 images x 6 epochs a 2026-12-03 run
+# found no latent the model leaned on (reliance below 0.1, detection near 0.6): the ViT had not yet
+# learnt the shortcut.
 
 # %%
 suspects = wb.sae.confounders(sae, model, test, suspects=("device", "marker"), top=5)
@@ -178,6 +182,7 @@ iv.table.round(3)
 # ## Two models, one dictionary
 # Fine-tune the model one epoch on images without the shortcut and apply the same SAE to both: which
 # latents does the fine-tuned model rely on more, and which less (Mammo-SAE's fine-tuning analysis)?
+# Below, the confounder search's first latent and the atlas's best device latent.
 
 # %%
 import copy
@@ -186,7 +191,7 @@ clean = wb.data.load("phantom", split="train", n=N_TRAIN, size=SIZE, seed=1)
 tuned = copy.deepcopy(model)
 wb.fit(tuned, clean, epochs=1, batch_size=64, lr=2e-4, device=DEVICE, seed=0)
 cmp = wb.sae.compare_models(sae, model, tuned, test, names=("shortcut", "fine-tuned"))
-cmp.table.set_index("latent").loc[[device_latent]].round(4)
+cmp.table.set_index("latent").loc[list(dict.fromkeys([int(suspects.latent[0]), device_latent]))].round(4)
 
 # %% [markdown]
 # ## Latents as concepts, and the browser

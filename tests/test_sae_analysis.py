@@ -231,6 +231,25 @@ def test_confounder_search_finds_the_planted_shortcut_only_where_the_model_uses_
         wb.sae.confounders(sae, shortcut, data, suspects=("drain",))
 
 
+def test_confounder_search_ranks_a_thin_device_by_detection_not_by_its_diluted_mass_share():
+    """A 1-px drain fills a quarter of its patches, so its latent's mass share on the device is 0.25;
+    a marker latent (all its mass outside the body) would outrank it on mass alone although the
+    model leans on the drain more. Detection of the drain's presence (perfect) does not dilute."""
+    data = planted_data(thin_device=True)
+    model = MaskNet("device").eval()
+    with torch.no_grad():
+        model.head.weight[1, CHANNELS.index("marker")] = 20.0
+    found = wb.sae.confounders(exact_sae(), model, data, top=4).set_index("latent")
+    dev, mark = CHANNELS.index("device"), CHANNELS.index("marker")
+    assert found.loc[dev, "share_device"] == pytest.approx(0.25, abs=0.01) and found.loc[dev, "detects_device"] == 1.0
+    assert found.loc[dev, "off_evidence"] == 1.0 and found.loc[mark, "off_evidence"] == 1.0
+    assert found.loc[dev, "reliance"] > found.loc[mark, "reliance"] > 0
+    assert list(found.index[:2]) == [dev, mark]
+    # what ranking by the mass share alone would have done
+    by_mass = found.reliance.abs() * found.off_share
+    assert by_mass[mark] > by_mass[dev]
+
+
 def test_class_latents_mean_ranking_favours_diffuse_latents_and_contrastive_does_not():
     n = 200
     y = torch.arange(n) % 2

@@ -382,12 +382,15 @@ def confounders(sae: SAE, model: nn.Module, data: Any, *, suspects: Sequence[str
     outside ``body``; per suspect, its own share, and ``detects_<suspect>``: how well the latent's
     per-image maximum tells images with the suspect from images without it (AUROC within each
     class, averaged over the classes, so that a suspect that co-occurs with the label does not
-    count). Ranked by ``score = |reliance| x off_share``: a latent must be both used by the model
-    and off the anatomy. Predicting the label alone is not enough: on data where a device co-occurs
-    with the label, every device latent predicts it, whether the model uses it or not.
-    The mass share is diluted by the patch grid when a suspect is small (a drain covering 0.3 % of a
-    64 px image spreads over 8 px patches: a latent firing on its patches has most of its mass
-    beside it); ``detects_<suspect>`` does not depend on the grid.
+    count). Ranked by ``score = |reliance| x off_evidence``: a latent must be both used by the model
+    and off the anatomy. ``off_evidence`` is the larger of ``off_share`` and the best suspect
+    detection above chance, ``2 x detects_<suspect> - 1`` clipped to [0, 1]: the mass share is
+    diluted by the patch grid when a suspect is small (a drain covering 0.3 % of a 64 px image
+    spreads over 8 px patches, so a latent firing on its patches has most of its mass beside it,
+    and a share of 0.01 ranked such a latent below any diffuse latent touching the image border),
+    while detection of the suspect's presence does not depend on the grid. Predicting the label
+    alone is not enough: on data where a device co-occurs with the label, every device latent
+    predicts it, whether the model uses it or not; detection is measured within each class.
 
     Args:
         sae, model: the SAE and the model whose layer it reads.
@@ -398,7 +401,7 @@ def confounders(sae: SAE, model: nn.Module, data: Any, *, suspects: Sequence[str
         top: rows returned.
 
     Returns:
-        A pandas DataFrame sorted by ``score`` (latent, score, reliance, label_auc, off_share,
+        A pandas DataFrame sorted by ``score`` (latent, score, reliance, label_auc, off_evidence, off_share,
         one ``share_<suspect>`` and ``detects_<suspect>`` column per suspect, outside_body,
         frequency).
     """
@@ -454,13 +457,17 @@ def confounders(sae: SAE, model: nn.Module, data: Any, *, suspects: Sequence[str
     label_auc = _rank_auc(torch.cat(pooled).float(), pos)
     peak, has = torch.cat(peaks), torch.cat(present)
     off_share = shares[:, -1]
-    score = reliance_mean.abs() * off_share
+    detects = torch.stack([_within_class_auc(peak, has[:, i], pos) for i in range(len(suspects))], 1)
+    # detection above chance, 0 (chance or worse, or a suspect on every image or none) to 1 (perfect)
+    above = (2 * detects - 1).nan_to_num(0.0).clamp(0, 1).amax(1)
+    off = torch.maximum(off_share, above)
+    score = reliance_mean.abs() * off
     df = pd.DataFrame({"latent": range(n_lat), "score": score.numpy(), "reliance": reliance_mean.numpy(),
-                       "label_auc": label_auc.numpy(), "off_share": off_share.numpy()})
+                       "label_auc": label_auc.numpy(), "off_evidence": off.numpy(), "off_share": off_share.numpy()})
     for i, s in enumerate(suspects):
         df[f"share_{s}"] = shares[:, i].numpy()
     for i, s in enumerate(suspects):
-        df[f"detects_{s}"] = _within_class_auc(peak, has[:, i], pos).numpy()
+        df[f"detects_{s}"] = detects[:, i].numpy()
     if body:
         df["outside_body"] = shares[:, len(suspects)].numpy()
     df["frequency"] = (fired / max(n_patch, 1)).float().cpu().numpy()
