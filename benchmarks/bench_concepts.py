@@ -52,6 +52,10 @@ TITLES = {"train": "Trained models", "quality": "CBM vs black box, concepts and 
 SIZE = 64
 SHORTCUT = {"feature": "device", "with": "pneumothorax", "p_pos": 0.9, "p_neg": 0.1}
 SPECS = {"vit": ("vit_tiny", {"patch_size": 8, "depth": 4, "embed_dim": 96, "num_heads": 3}),
+         # the same ViT pooling its tokens by mean and maximum (timm's "avgmax") instead of its class token: a
+         # small finding (a nodule on one 8 px patch) reaches the pooled features through the maximum
+         "vit_avgmax": ("vit_tiny", {"patch_size": 8, "depth": 4, "embed_dim": 96, "num_heads": 3,
+                                     "global_pool": "avgmax"}),
          "cnn": ("resnet18", {})}
 
 
@@ -67,10 +71,13 @@ class Settings:
         self.epochs = {"vit": 1 if quick else 30, "cnn": 1 if quick else 12}
         self.patience = {"vit": 5, "cnn": 3}
         self.lr = {"vit": 5e-4, "cnn": 1e-3}
+        for d in (self.epochs, self.patience, self.lr):   # the avgmax ViT trains as the ViT
+            d["vit_avgmax"] = d["vit"]
         self.batch = 64
         self.tag = "quick" if quick else "full"
         self.only: list[str] | None = None
         self.site_kinds: list[str] = ["cbm_w10", "cbm_independent"]
+        self.site_archs: list[str] = ["vit", "cnn"]
 
 
 def data(s: Settings, split: str, n: int, **kw: Any) -> Any:
@@ -157,7 +164,8 @@ def refit_joint_head(s: Settings, joint: Any, path: Path) -> Any:
 
 
 MODELS = [("vit", "blackbox"), ("vit", "cbm"), ("cnn", "blackbox"), ("cnn", "cbm"), ("vit", "shortcut"),
-          ("vit", "cbm_independent"), ("cnn", "cbm_independent"), ("vit", "cbm_w10"), ("cnn", "cbm_w10"), ("vit", "cbm_w30")]
+          ("vit", "cbm_independent"), ("cnn", "cbm_independent"), ("vit", "cbm_w10"), ("cnn", "cbm_w10"), ("vit", "cbm_w30"),
+          ("vit_avgmax", "blackbox"), ("vit_avgmax", "cbm_w10")]
 CBM_MODES = {"cbm": "joint, concept weight 1", "cbm_refit": "joint, concept weight 1, head refit",
              "cbm_w10": "joint, concept weight 10 (default)",
              "cbm_w30": "joint, concept weight 30",
@@ -196,7 +204,8 @@ def part_train(s: Settings) -> str:
             f"{s.n_train} training and {s.n_val} validation images; AdamW, at most {s.epochs['vit']} (ViT) / "
             f"{s.epochs['cnn']} (CNN) epochs with early stopping on validation AUC (patience {s.patience['vit']} / "
             f"{s.patience['cnn']}); models cached under `$WORKBENCH_DATA/bench_models/concepts/`. ViT: "
-            f"{SPECS['vit'][1]}; CNN: resnet18. The shortcut model saw drains with 90 % of pneumothorax and "
+            f"{SPECS['vit'][1]}; vit_avgmax: the same ViT with timm's global_pool='avgmax' (mean and maximum of the "
+            "tokens) instead of the class token; CNN: resnet18. The shortcut model saw drains with 90 % of pneumothorax and "
             "10 % of other training images.\n\n"
             "| backbone | model | epochs run (best) | best val AUC | train s |\n|---|---|---|---|---|\n" + "\n".join(rows))
 
@@ -205,9 +214,11 @@ def part_train(s: Settings) -> str:
 def part_quality(s: Settings) -> str:
     test = data(s, "test", s.n_test)
     rows, irows = [], []
-    for arch, kind in [(a, k) for a in ("vit", "cnn") for k in CBM_MODES]:
+    for arch, kind in [(a, k) for a in ("vit", "cnn", "vit_avgmax") for k in CBM_MODES]:
+        if s.only is not None and f"{arch}:{kind}" not in s.only:
+            continue   # --only names the models to report (and to train, in the train part)
         if not (model_dir() / (recipe(s, arch, "cbm" if kind == "cbm_refit" else kind) + ".safetensors")).exists() \
-                and kind != "cbm":
+                and (kind != "cbm" or arch == "vit_avgmax"):
             continue  # train it first: --parts train --only vit:cbm_independent,...
         mode = CBM_MODES[kind]
         bb = get_model(s, arch, "blackbox", [])
@@ -423,7 +434,7 @@ def part_site(s: Settings) -> str:
     val = data(s, "val", s.n_val)
     src_test = data(s, "test", s.n_test)
     rows, notes = [], []
-    for arch, kind in [(a, k) for k in s.site_kinds for a in ("vit", "cnn")]:
+    for arch, kind in [(a, k) for k in s.site_kinds for a in s.site_archs]:
         cbm = get_model(s, arch, kind, []).float()
         mode = CBM_MODES[kind]
         zs, ys, cs = concept_logits_of(cbm, src_test, adapted=False, with_labels=True)
@@ -432,6 +443,12 @@ def part_site(s: Settings) -> str:
         # source change); the same model for both sites and every draw: it needs no support image
         norm = wc.test_time_normalise(cbm, val, prior=NORM_PRIOR)
         zs_n = concept_logits_of(norm, src_test, batch_size=NORM_BATCH, adapted=False)
+        # intensity matching onto the validation images' histogram (per image: no batch dependence), alone and
+        # followed by the batch-statistics normalisation
+        matched = wc.match_intensities(cbm, val)
+        both = wc.test_time_normalise(matched, val, prior=NORM_PRIOR)
+        zs_m = concept_logits_of(matched, src_test, adapted=False)
+        zs_mn = concept_logits_of(both, src_test, batch_size=NORM_BATCH, adapted=False)
         for site in ("D", "E"):
             if site == "E":
                 site = _stronger_site()
@@ -440,8 +457,13 @@ def part_site(s: Settings) -> str:
             zt, yt, ct = concept_logits_of(cbm, tgt, adapted=False, with_labels=True)
             tgt0 = _acc_from_logits(cbm, zt, yt)
             zt_n = concept_logits_of(norm, tgt, batch_size=NORM_BATCH, adapted=False)
+            zt_m = concept_logits_of(matched, tgt, adapted=False)
+            zt_mn = concept_logits_of(both, tgt, batch_size=NORM_BATCH, adapted=False)
             res = {"tti": ([], []), "head": ([], []), "norm_tti": ([], []),
-                   "norm": ([_acc_from_logits(cbm, zt_n, yt) - tgt0], [_acc_from_logits(cbm, zs_n, ys) - src0])}
+                   "norm": ([_acc_from_logits(cbm, zt_n, yt) - tgt0], [_acc_from_logits(cbm, zs_n, ys) - src0]),
+                   "match": ([_acc_from_logits(cbm, zt_m, yt) - tgt0], [_acc_from_logits(cbm, zs_m, ys) - src0]),
+                   "match_norm": ([_acc_from_logits(cbm, zt_mn, yt) - tgt0],
+                                  [_acc_from_logits(cbm, zs_mn, ys) - src0])}
             masked, amplified = {}, {}
             for d in range(draws):
                 sup = wc.support_set(pool, per_class=per_class, seed=d)
@@ -470,6 +492,8 @@ def part_site(s: Settings) -> str:
             for method, label in (("tti", "test-time improvement (no training)"),
                                   ("norm", f"batch-statistics normalisation (no training, prior {NORM_PRIOR:g})"),
                                   ("norm_tti", "normalisation, then test-time improvement"),
+                                  ("match", "intensity matching (no training)"),
+                                  ("match_norm", "intensity matching, then normalisation"),
                                   ("head", "fine-tuned task head"),
                                   ("oracle", "oracle recalibration (true concepts of every site image)")):
                 g_m, g_lo, g_hi = _ci(res[method][0])
@@ -498,7 +522,8 @@ def part_site(s: Settings) -> str:
             f"predicted mixed with the source's (weight {NORM_PRIOR:g} images); predicted in batches of "
             f"{NORM_BATCH} images of one site (source batches for the source change); it uses no support image, "
             "so it has no draws; 'then test-time improvement' plans the concept-level repair on the normalised "
-            "model.\n\n"
+            "model. Intensity matching (`wc.match_intensities`): each image's intensities mapped onto the "
+            "validation images' pooled histogram before the backbone (per image, no support image, no draws).\n\n"
             "| backbone | CBM | site | source acc | site acc (drop) | method | target gain | source change | share of "
             "drop recovered | goal met |\n|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n" +
             "\n".join(f"- {n}" for n in notes))
@@ -628,14 +653,16 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default=None, help="train: comma-separated arch:kind (e.g. vit:cbm) to train now "
-                    "(one heavy-lock turn per model)")
+                    "(one heavy-lock turn per model); quality: the models to report")
     ap.add_argument("--site-kinds", default="cbm_w10,cbm_independent", help="site: the CBMs to repair (kinds of MODELS)")
+    ap.add_argument("--site-archs", default="vit,cnn", help="site: the backbones (keys of SPECS)")
     ap.add_argument("--out", default=str(TABLE))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     s = Settings(args.quick)
     s.only = args.only.split(",") if args.only else None
     s.site_kinds = args.site_kinds.split(",")
+    s.site_archs = args.site_archs.split(",")
     sections = {}
     for part in args.parts.split(","):
         fn = globals().get(f"part_{part}")

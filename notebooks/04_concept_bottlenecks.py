@@ -71,8 +71,10 @@ wb.set_threads("auto")   # on a CPU other jobs share, fewer threads run faster (
 train = wb.data.load("phantom", split="train", n=N_TRAIN, size=SIZE, task="diagnosis")
 test = wb.data.load("phantom", split="test", n=N_TEST, size=SIZE, task="diagnosis")
 VIT = BACKBONE.startswith("vit")
-arch = ({"img_size": SIZE, "in_chans": 1, "patch_size": 8, "depth": DEPTH, "embed_dim": WIDTH, "num_heads": 2} if VIT
-        else {"img_size": SIZE, "in_chans": 1})
+# a ViT pools its tokens by mean and maximum ("avgmax") rather than its class token: a small finding on one
+# patch reaches the pooled features through the maximum (benchmark: concept AUC 0.941 -> 0.957)
+arch = ({"img_size": SIZE, "in_chans": 1, "patch_size": 8, "depth": DEPTH, "embed_dim": WIDTH, "num_heads": 2,
+         "global_pool": "avgmax"} if VIT else {"img_size": SIZE, "in_chans": 1})
 LAYER = f"blocks.{DEPTH - 1}" if VIT else "layer4"   # the TCAV layer: the last block / stage
 train
 

@@ -107,3 +107,67 @@ def test_bad_input() -> None:
         wc.test_time_normalise(_vit(), _images(), layers=["head"])
     with pytest.raises(TypeError):
         wc.test_time_normalise("resnet18")
+
+
+# -- match_intensities: histogram matching at the input ----------------------------------------------
+def test_match_quantiles_equals_scikit_image_for_one_reference_image() -> None:
+    from skimage.exposure import match_histograms
+
+    from workbench.concepts.normalise import match_quantiles, source_quantiles
+
+    g = torch.Generator().manual_seed(0)
+    src, ref = torch.rand(1, 1, 32, 32, generator=g) ** 2, torch.rand(1, 1, 32, 32, generator=g)
+    ours = match_quantiles(src, source_quantiles(ref, levels=4096))
+    theirs = torch.from_numpy(match_histograms(src[0, 0].numpy(), ref[0, 0].numpy())).float()
+    # the same map up to scikit-image's upper-rank CDF against our mid-rank one: within one step between
+    # neighbouring reference values
+    gaps = ref.flatten().sort().values.diff()
+    assert (ours[0, 0] - theirs).abs().max() <= gaps.max()
+    assert (ours[0, 0] - theirs).abs().mean() < 0.5 * gaps.mean()   # half a rank step on average
+    assert torch.equal(ours.flatten().argsort(), src.flatten().argsort())   # monotone: ranks kept
+
+
+def test_a_monotone_site_style_is_undone_for_every_model_and_the_model_is_left_alone() -> None:
+    """Contrast, gamma and brightness (a monotone map) leave each image's ranks unchanged, so matching
+    onto that image's own intensities restores it: the adapted model predicts as on the original."""
+    x = _images(1)
+    shifted = (0.55 * x ** 1.6 + 0.12).clamp(0, 1)
+    for model in (_cnn(), _vit()):
+        before = copy.deepcopy(model.state_dict())
+        adapted = wc.match_intensities(model, x, levels=4096)
+        with torch.no_grad():
+            want, got, plain = model(x), adapted(shifted), model(shifted)
+        assert (got - want).abs().max() < 0.1 * (plain - want).abs().max()
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+        assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
+    assert adapted.intensity_matching["layer"] == "patch_embed"
+
+
+def test_match_intensities_keeps_a_cbm_and_does_not_depend_on_the_batch() -> None:
+    torch.manual_seed(0)
+    cbm = wc.create("resnet18", concepts=["a", "b"], num_classes=2, img_size=32, in_chans=1).eval()
+    adapted = wc.match_intensities(cbm, _images(8), levels=256)
+    assert isinstance(adapted, type(cbm)) and adapted.intensity_matching["layer"] == "backbone.conv1"
+    x = 0.5 * _images(6, seed=3)
+    whole = wc.predict(adapted, x).probs
+    one = torch.cat([wc.predict(adapted, x[i:i + 1]).probs for i in range(6)])
+    torch.testing.assert_close(whole, one)
+    both = wc.test_time_normalise(adapted, prior=16)   # composes
+    assert wc.predict(both, x).probs.shape == (6, 2)
+
+
+def test_match_intensities_bad_input() -> None:
+    class Scaled(nn.Module):   # the image is changed before any layer sees it
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(32 * 32, 2)
+
+        def forward(self, x):
+            return self.lin((2 * x).flatten(1))
+
+    with pytest.raises(ValueError, match="no layer of the model receives the input image"):
+        wc.match_intensities(Scaled(), _images(2))
+    with pytest.raises(ValueError, match="must be images the model takes"):
+        wc.match_intensities(_vit(), torch.rand(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="levels"):
+        wc.match_intensities(_cnn(), _images(2), levels=1)
