@@ -443,12 +443,6 @@ def part_site(s: Settings) -> str:
         # source change); the same model for both sites and every draw: it needs no support image
         norm = wc.test_time_normalise(cbm, val, prior=NORM_PRIOR)
         zs_n = concept_logits_of(norm, src_test, batch_size=NORM_BATCH, adapted=False)
-        # intensity matching onto the validation images' histogram (per image: no batch dependence), alone and
-        # followed by the batch-statistics normalisation
-        matched = wc.match_intensities(cbm, val)
-        both = wc.test_time_normalise(matched, val, prior=NORM_PRIOR)
-        zs_m = concept_logits_of(matched, src_test, adapted=False)
-        zs_mn = concept_logits_of(both, src_test, batch_size=NORM_BATCH, adapted=False)
         for site in ("D", "E"):
             if site == "E":
                 site = _stronger_site()
@@ -457,13 +451,8 @@ def part_site(s: Settings) -> str:
             zt, yt, ct = concept_logits_of(cbm, tgt, adapted=False, with_labels=True)
             tgt0 = _acc_from_logits(cbm, zt, yt)
             zt_n = concept_logits_of(norm, tgt, batch_size=NORM_BATCH, adapted=False)
-            zt_m = concept_logits_of(matched, tgt, adapted=False)
-            zt_mn = concept_logits_of(both, tgt, batch_size=NORM_BATCH, adapted=False)
             res = {"tti": ([], []), "head": ([], []), "norm_tti": ([], []),
-                   "norm": ([_acc_from_logits(cbm, zt_n, yt) - tgt0], [_acc_from_logits(cbm, zs_n, ys) - src0]),
-                   "match": ([_acc_from_logits(cbm, zt_m, yt) - tgt0], [_acc_from_logits(cbm, zs_m, ys) - src0]),
-                   "match_norm": ([_acc_from_logits(cbm, zt_mn, yt) - tgt0],
-                                  [_acc_from_logits(cbm, zs_mn, ys) - src0])}
+                   "norm": ([_acc_from_logits(cbm, zt_n, yt) - tgt0], [_acc_from_logits(cbm, zs_n, ys) - src0])}
             masked, amplified = {}, {}
             for d in range(draws):
                 sup = wc.support_set(pool, per_class=per_class, seed=d)
@@ -492,8 +481,6 @@ def part_site(s: Settings) -> str:
             for method, label in (("tti", "test-time improvement (no training)"),
                                   ("norm", f"batch-statistics normalisation (no training, prior {NORM_PRIOR:g})"),
                                   ("norm_tti", "normalisation, then test-time improvement"),
-                                  ("match", "intensity matching (no training)"),
-                                  ("match_norm", "intensity matching, then normalisation"),
                                   ("head", "fine-tuned task head"),
                                   ("oracle", "oracle recalibration (true concepts of every site image)")):
                 g_m, g_lo, g_hi = _ci(res[method][0])
@@ -522,8 +509,7 @@ def part_site(s: Settings) -> str:
             f"predicted mixed with the source's (weight {NORM_PRIOR:g} images); predicted in batches of "
             f"{NORM_BATCH} images of one site (source batches for the source change); it uses no support image, "
             "so it has no draws; 'then test-time improvement' plans the concept-level repair on the normalised "
-            "model. Intensity matching (`wc.match_intensities`): each image's intensities mapped onto the "
-            "validation images' pooled histogram before the backbone (per image, no support image, no draws).\n\n"
+            "model.\n\n"
             "| backbone | CBM | site | source acc | site acc (drop) | method | target gain | source change | share of "
             "drop recovered | goal met |\n|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n" +
             "\n".join(f"- {n}" for n in notes))

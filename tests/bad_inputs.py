@@ -1032,12 +1032,6 @@ case("concepts.test_time_normalise", "a ViT without source images",
 case("concepts.test_time_normalise", "prior=-1", lambda c: _cc().test_time_normalise(c.cnn, prior=-1), r"prior")
 case("concepts.test_time_normalise", "source images 0-255",
      lambda c: _cc().test_time_normalise(c.vit, c.xs("x255")), r"255")
-case("concepts.match_intensities", "levels=1", lambda c: _cc().match_intensities(c.cnn, c.x, levels=1), r"levels")
-case("concepts.match_intensities", "source images with 3 channels",
-     lambda c: _cc().match_intensities(c.vit, c.xs("chans3")), r"channels|images the model takes")
-case("concepts.match_intensities", "source images 0-255", lambda c: _cc().match_intensities(c.cnn, c.xs("x255")), r"255")
-case("concepts.match_intensities", "source images with NaN", lambda c: _cc().match_intensities(c.cnn, c.xs("nan")),
-     r"nan|NaN")
 case("concepts.finetune_head", "steps=0", lambda c: _cc().finetune_head(c.cbm, c.ds, steps=0), r"steps")
 case("concepts.support_set", "per_class=0", lambda c: _cc().support_set(c.ds, per_class=0), r"per_class")
 case("concepts.fit_head", "on='labels'", lambda c: _cc().fit_head(c.cbm, c.ds, on="labels"), r"on must be one of")

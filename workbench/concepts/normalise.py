@@ -29,6 +29,13 @@ batch statistics are the source's), which is what keeps the source accuracy: fix
 statistics in the model instead (the batch-norm statistics of a support set of 24 images, prior
 0-8) moved the source by 7-19 points in a trial on the benchmark's joint ResNet-18 CBM.
 
+Matching intensity histograms at the input instead (the classic harmonisation of scanner
+intensities) was tried on 2026-12-03 on the benchmark's ViT CBM and left out: each image mapped onto
+the source histogram cost the source site 38 accuracy points (it erases what differs between images:
+a larger heart, an effusion, are more bright pixels), and one map per site, estimated from the 24
+support images, cost the source 4-7 points and gained nothing at the new sites (they differ in
+noise, blur and field of view too, which move the histogram as well).
+
 Written here rather than taken from a library: the peers (TTA libraries such as tent's reference
 code) re-estimate BN statistics only, in train mode, with no prior and no path for LayerNorm
 models; this is two small module wrappers.
@@ -197,134 +204,3 @@ def _source_stats(model: nn.Module, source: Any, layers: list[str],
         var = (s2 / cnt - mean * mean).clamp(min=0) * cnt / (cnt - 1).clamp(min=1)
         out[n] = (mean.float().cpu(), var.sqrt().float().cpu())
     return out
-
-
-# -- intensity histogram matching at the input --------------------------------------------------------
-class MatchedInput(nn.Module):
-    """Wraps the first layer that sees the image: each image's channels are mapped onto the source's
-    intensity distribution (per-channel quantile function ``reference``, (C, L)) before the layer."""
-
-    def __init__(self, layer: nn.Module, reference: torch.Tensor) -> None:
-        super().__init__()
-        self.layer = layer
-        self.register_buffer("reference", reference.detach().float().clone())
-
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        return self.layer(match_quantiles(x, self.reference), *args, **kwargs)
-
-
-def match_quantiles(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Histogram matching, batched: every (image, channel) of ``images`` (B, C, H, W) mapped through its
-    own empirical CDF onto the quantile function ``reference`` (C, L) (values at L evenly spaced
-    probabilities 0..1). Ties share the mid-point of their ranks, so a flat background keeps one value."""
-    b, c = images.shape[:2]
-    if reference.shape[0] != c:
-        raise ValueError(f"the images have {c} channels but the reference intensities {reference.shape[0]}.")
-    f = images.reshape(b * c, -1).float()
-    srt = f.sort(1).values
-    p = (torch.searchsorted(srt, f) + torch.searchsorted(srt, f, right=True)).float() / (2 * f.shape[1])
-    levels = reference.shape[1]
-    pos = p * (levels - 1)
-    i0 = pos.floor().long().clamp(0, levels - 2)
-    ref = reference.to(f.device).repeat(b, 1)
-    out = torch.lerp(ref.gather(1, i0), ref.gather(1, i0 + 1), (pos - i0).clamp(0, 1))
-    return out.reshape(images.shape).to(images.dtype)
-
-
-def source_quantiles(source: Any, *, levels: int = 1024, max_pixels: int = 4_000_000, batch_size: int = 64,
-                     seed: int = 0) -> torch.Tensor:
-    """The per-channel intensity quantile function (C, levels) of the ``source`` images (a dataset or
-    (N, C, H, W) in [0, 1]), from at most ``max_pixels`` pixels per channel drawn at random."""
-    return _quantiles(_source_images(source, batch_size), levels, max_pixels, seed)
-
-
-def _source_images(source: Any, batch_size: int) -> list[torch.Tensor]:
-    from workbench._train_data import BatchSource, as_source
-
-    from ._validate import check_images
-
-    if torch.is_tensor(source):
-        return [check_images(source, "source images")]
-    return [b["image"].float() for b in BatchSource(as_source(source), batch_size, torch.device("cpu"), 0,
-                                                    keep_on_device=False)(shuffle=False)]
-
-
-def _quantiles(chunks: list[torch.Tensor], levels: int, max_pixels: int, seed: int) -> torch.Tensor:
-    x = torch.cat([c.transpose(0, 1).reshape(c.shape[1], -1) for c in chunks], 1)
-    if x.shape[1] > max_pixels:
-        g = torch.Generator().manual_seed(seed)
-        x = x[:, torch.randperm(x.shape[1], generator=g)[:max_pixels]]
-    q = torch.linspace(0, 1, int(levels), dtype=torch.float64)
-    return torch.stack([torch.quantile(ch.double(), q) for ch in x]).float()
-
-
-def match_intensities(model: nn.Module, source: Any, *, levels: int = 1024, max_pixels: int = 4_000_000,
-                      batch_size: int = 64) -> nn.Module:
-    """A copy of ``model`` that first maps each input image's intensities onto the source site's
-    distribution (histogram matching; Nyul & Udupa 1999, a standard harmonisation of MR and
-    radiograph intensities), so that a new site's contrast, gamma and brightness are undone before
-    the network sees them; noise, blur and geometry are left as they are. No weight changes, no
-    gradient, no support image, and unlike :func:`test_time_normalise` each image is mapped on its
-    own (predictions do not depend on the batch).
-
-    The map is inserted in front of the first layer that receives the image (found by one probe
-    forward), so a CBM keeps its type and every ``workbench.concepts`` function works on the copy; it
-    composes with :func:`test_time_normalise` in either order. Written here rather than with
-    ``skimage.exposure.match_histograms``: that maps one image onto one reference image in numpy; this
-    maps a batch on the model's device onto the pooled intensities of many source images (the same
-    map for a single reference image: tested against scikit-image).
-
-    Args:
-        model: any model taking (B, C, H, W) images (a CBM included).
-        source: source-site images (a dataset, e.g. the validation split, or (N, C, H, W) in [0, 1]).
-        levels: points of the source quantile function.
-        max_pixels: pixels per channel drawn from the source to estimate it.
-        batch_size: for reading the source.
-
-    Returns:
-        The adapted copy, in eval mode, with ``intensity_matching`` = {"layer", "levels"}.
-
-    Raises:
-        ValueError: no layer of the model receives the image as it is (the map has nowhere to go), or
-            source images whose channels differ from the model's input.
-    """
-    check_model(model)
-    levels = int(check_number(levels, "levels", low=2))
-    chunks = _source_images(source, batch_size)
-    ref = _quantiles(chunks, levels, max_pixels, 0)
-    adapted = copy.deepcopy(model).eval()
-    name = _first_consumer(adapted, chunks[0][:1])
-    layer = adapted.get_submodule(name)
-    dev = next(adapted.parameters(), torch.empty(0)).device
-    _replace(adapted, name, MatchedInput(layer, ref).to(dev))
-    adapted.intensity_matching = {"layer": name, "levels": int(levels)}
-    return adapted
-
-
-@torch.no_grad()
-def _first_consumer(model: nn.Module, probe: torch.Tensor) -> str:
-    """Name of the first submodule called with the model's input tensor itself (one forward of
-    ``probe``, a source image)."""
-    dev = next(model.parameters(), torch.empty(0)).device
-    x = probe.to(dev)
-    found: list[str] = []
-    names = {m: n for n, m in model.named_modules() if n}
-
-    def pre(mod: nn.Module, args: Any) -> None:
-        if not found and args and args[0] is x and mod in names:
-            found.append(names[mod])
-
-    handles = [m.register_forward_pre_hook(pre) for m in names]
-    try:
-        model(x)
-    except Exception as e:   # noqa: BLE001 - the model's own error says what it expects
-        raise ValueError(f"the model did not run on a source image of shape {tuple(probe.shape[1:])}: {e}. The source "
-                         "images must be images the model takes (its input channels and size).") from e
-    finally:
-        for h in handles:
-            h.remove()
-    if not found:
-        raise ValueError("no layer of the model receives the input image as it is (it is changed in the model's "
-                         "own forward first), so match_intensities has no place for the map; map the images "
-                         "yourself with workbench.concepts.normalise.match_quantiles.")
-    return found[0]
