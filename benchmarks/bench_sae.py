@@ -352,7 +352,7 @@ class _Peer:
 
 #: each implementation's ReLU sparsity coefficient in the speed table (its own scale; overcomplete's mse_l1
 #: penalty defaults to 1)
-PEER_L1 = {"saev": 4e-4, "overcomplete": 1.0, "sae-lens": 5.0, "workbench": 5e-3}
+PEER_L1 = {"saev": 4e-4, "overcomplete": 1.0, "sae-lens": 5.0, "workbench": 0.2}   # workbench: train()'s default
 PEERS = {"relu": ("saev", "overcomplete", "sae-lens"), "topk": ("overcomplete", "sae-lens"),
          "batchtopk": ("overcomplete", "sae-lens")}
 
@@ -390,7 +390,7 @@ def part_speed(args) -> None:
                 continue
             if name == "workbench":
                 _, log = wb.sae.train(torch.cat(batches), kind, expansion=exp, k=k, batch_size=batch, epochs=1,
-                                      lr=lr, progress=False, device="cpu", log_every=10**6, l1_coef=5e-3)
+                                      lr=lr, progress=False, device="cpu", log_every=10**6, l1_coef=PEER_L1["workbench"])
                 rates[(name, kind)].append(log.tokens_per_second)
                 continue
             try:
@@ -408,7 +408,7 @@ def part_speed(args) -> None:
     peak = float(np.median(peaks))
     floor = peak / (10 * d * d_sae)
     # quality: FVU / L0 on held-out tokens after the same training tokens
-    quality = {}
+    quality, steady = {}, {}
     tokens = args.quality_tokens
     train_batches = [x[torch.randint(0, len(x), (batch,), generator=torch.Generator().manual_seed(i))]
                      for i in range(tokens // batch)]
@@ -416,31 +416,38 @@ def part_speed(args) -> None:
         if (name, kind) in skipped:
             continue
         if name == "workbench":
-            sae, _ = wb.sae.train(x, kind, expansion=exp, k=k, batch_size=batch, tokens=tokens, lr=lr,
-                                  progress=False, device="cpu", l1_coef=5e-3)
+            sae, tl = wb.sae.train(x, kind, expansion=exp, k=k, batch_size=batch, tokens=tokens, lr=lr,
+                                   progress=False, device="cpu", l1_coef=PEER_L1["workbench"], log_every=1)
             with torch.no_grad():
                 out = sae(held)
             quality[(name, kind)] = _fvu_l0(held, out.x_hat, out.codes)
+            half = tl.rows[len(tl.rows) // 2 - 1]
+            steady[(name, kind)] = (tl.tokens - half["tokens"]) / (tl.seconds - half["seconds"])
             continue
         peer = _Peer(name, kind, d, d_sae, k, batch, lr, x[:65536])
-        for xb in train_batches:
+        for i, xb in enumerate(train_batches):
+            if i == len(train_batches) // 2:
+                t_half = time.perf_counter()
             peer.step(xb)
+        steady[(name, kind)] = (len(train_batches) - len(train_batches) // 2) * batch / (time.perf_counter() - t_half)
         quality[(name, kind)] = peer.evaluate(held)
         print(f"  quality {name}/{kind}: FVU {quality[(name, kind)][0]:.3f}, L0 {quality[(name, kind)][1]:.1f}",
               flush=True)
-    rows = ["| SAE | implementation | tokens/s (median) | x GEMM floor | x best peer | held-out FVU | held-out L0 |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| SAE | implementation | tokens/s (median) | x GEMM floor | x best peer | tokens/s, 2nd half of the quality "
+            "run | x best peer | held-out FVU | held-out L0 |", "|---|---|---|---|---|---|---|---|---|"]
     for kind in ("relu", "topk", "batchtopk"):
         peer_best = max([float(np.median(rates[(p, kind)])) for p in PEERS[kind] if rates[(p, kind)]] or [float("nan")])
+        steady_best = max([steady[(p, kind)] for p in PEERS[kind] if (p, kind) in steady] or [float("nan")])
         for name in ("workbench",) + PEERS[kind]:
             if (name, kind) in skipped:
-                rows.append(f"| {kind} | {name} | {skipped[(name, kind)]} | | | | |")
+                rows.append(f"| {kind} | {name} | {skipped[(name, kind)]} | | | | | | |")
                 continue
             r = float(np.median(rates[(name, kind)]))
             f, l0 = quality.get((name, kind), (float("nan"), float("nan")))
             bold = "**" if name == "workbench" else ""
+            sr = steady.get((name, kind), float("nan"))
             rows.append(f"| {kind} | {name} | {r:.0f} | {bold}{r / floor:.2f}{bold} | {bold}{r / peer_best:.2f}{bold} | "
-                        f"{f:.3f} | {l0:.1f} |")
+                        f"{sr:.0f} | {bold}{sr / steady_best:.2f}{bold} | {f:.3f} | {l0:.1f} |")
     note = (f"d = {d}, d_sae = {d_sae} (x{exp}), k = {k}, batch {batch} tokens, float32 on the CPU, Adam at lr {lr} "
             f"for everyone. Tokens: middle-block patch tokens of a random-init vit_tiny (depth 4, patch 8) on "
             f"{args.speed_images} phantom images at 64 px, scaled to unit mean norm. Throughput: {len(batches)} steps "
@@ -451,25 +458,39 @@ def part_speed(args) -> None:
             f"decoder renormalisation; Overcomplete: its model, loss (top_k_auxiliary_loss for TopK/BatchTopK, mse_l1 "
             f"for the ReLU SAE, with its default linear+batch-norm encoder) and gradient clipping; SAELens: "
             f"training_forward_pass with dead-latent masks and gradient clipping, as its trainer). Quality: each "
-            f"trained for {tokens:,} tokens, FVU and L0 on the tokens of 512 test images; the ReLU SAEs' L1 "
-            f"coefficients are each implementation's own scale (saev 4e-4, SAELens 5, workbench 5e-3), so their L0 "
+            f"trained for {tokens:,} tokens, FVU and L0 on the tokens of 512 test images; its second half timed as "
+            f"well (one run each: the steady state, once a ReLU SAE's codes are sparse enough for workbench's sparse "
+            f"step; the first columns time the first steps from initialisation); the ReLU SAEs' L1 "
+            f"coefficients are each implementation's own scale (saev {PEER_L1['saev']:g}, SAELens {PEER_L1['sae-lens']:g}, "
+            f"workbench {PEER_L1['workbench']:g}), so their L0 "
             f"differ; TopK and BatchTopK compare at equal k.")
     write_table("speed", "### SAE training throughput and FVU vs peers\n\n" + machine() + "\n\n" + "\n".join(rows)
                 + "\n\n" + note)
 
 
 # -- ReLU SAEs at equal L0 ------------------------------------------------------------------------------
-def _bracket(fit, c0: float, target: float, max_runs: int = 7) -> dict[float, tuple[float, float]]:
+def _bracket(fit, c0: float, target: float, max_runs: int = 7, refine: int = 2) -> dict[float, tuple[float, float]]:
     """Sparsity coefficients from ``c0`` by factors of 3 until one run lands above ``target`` L0 and one
-    at or below it (L0 > 0); ``fit(c)`` -> (FVU, L0). Returns {coefficient: (FVU, L0)}."""
+    at or below it (L0 > 0), then ``refine`` bisections (geometric mean of the two nearest coefficients
+    on either side); ``fit(c)`` -> (FVU, L0). Returns {coefficient: (FVU, L0)}."""
     pts: dict[float, tuple[float, float]] = {}
+
+    def sides() -> tuple[list[float], list[float]]:
+        return ([c for c, (_, l0) in pts.items() if l0 > target], [c for c, (_, l0) in pts.items() if 0 < l0 <= target])
+
     c = c0
     for _ in range(max_runs):
         pts[c] = fit(c)
-        l0s = [l0 for _, l0 in pts.values()]
-        if any(l0 > target for l0 in l0s) and any(0 < l0 <= target for l0 in l0s):
+        above, below = sides()
+        if above and below:
             break
         c = c * 3 if pts[c][1] > target else c / 3
+    for _ in range(refine):
+        above, below = sides()
+        if not (above and below):
+            break
+        c = float(np.sqrt(max(above) * min(below)))
+        pts[c] = fit(c)
     return pts
 
 
@@ -534,7 +555,8 @@ def part_frontier(args) -> None:
     note = (f"ReLU SAEs (d = {d}, x{exp}, batch {batch}, Adam at lr {lr}, {tokens:,} training tokens; the speed part's "
             f"tokens and held-out tokens). Each implementation's sparsity coefficient (its own scale: saev's "
             f"sparsity_coeff, Overcomplete's mse_l1 penalty, SAELens' l1_coefficient, workbench's l1_coef) starts at "
-            f"the speed table's value and moves by factors of 3 until the held-out L0 lies on both sides of {target}; "
+            f"the speed table's value and moves by factors of 3 until the held-out L0 lies on both sides of {target}, "
+            "then two bisections (geometric means) narrow the bracket; "
             f"FVU at L0 = {target} interpolated linearly in log L0 between the two nearest runs (a run with L0 = 0, "
             "every latent dead, brackets nothing). Below 1 in the last column: workbench reconstructs better at "
             "the same sparsity.")
@@ -542,7 +564,7 @@ def part_frontier(args) -> None:
 
 
 # -- quality on the phantom ViT's middle block --------------------------------------------------------
-SAE_SETTINGS = {"topk": {"k": 32}, "batchtopk": {"k": 32}, "relu": {"l1_coef": 2e-2}}
+SAE_SETTINGS = {"topk": {"k": 32}, "batchtopk": {"k": 32}, "relu": {"l1_coef": 0.2}}
 
 
 def bench_store(name: str, model, shortcut: dict | None = None):
@@ -564,7 +586,9 @@ def bench_sae(name: str, model, kind: str, store, epochs: float, log: dict | Non
     """A trained SAE of ``kind`` on ``store`` (cached next to the store)."""
     # "_encfit": trained with the fitted encoder scale (sae.train's default for TopK/BatchTopK since
     # 2026-12-02); SAEs cached before it (tied encoder) are not reused
-    path = data_dir() / "sae_bench" / (f"sae_{name}_{MIDDLE}_{kind}_e{epochs:g}" + ("" if kind == "relu" else "_encfit"))
+    # (ReLU SAEs too since 2026-12-03)
+    path = data_dir() / "sae_bench" / (f"sae_{name}_{MIDDLE}_{kind}_e{epochs:g}_encfit" +
+                                       (f"_l1{SAE_SETTINGS[kind]['l1_coef']:g}" if kind == "relu" else ""))
     if path.with_suffix(".safetensors").exists():
         return wb.sae.load(path)
     sae, tl = wb.sae.train(store, kind, expansion=8, epochs=epochs, progress=False, device="cpu",
@@ -702,6 +726,34 @@ def part_atlas(args) -> None:
 
 
 # -- shortcut: confounder search and interventions -------------------------------------------------------
+ATLAS_SWEEP = [("blocks.0", 8, 32), ("blocks.1", 8, 32), ("blocks.2", 8, 32), ("blocks.3", 8, 32), ("blocks.1", 4, 8),
+               ("blocks.1", 16, 32)]   # (layer, expansion, k)
+
+
+def part_atlas_sweep(args) -> None:
+    """Does another layer or dictionary size hold the anatomy better? The atlas's best single latent and
+    best union per structure for TopK SAEs at every block of the clean phantom ViT and at two other
+    dictionary sizes of its middle block."""
+    model = bench_model("clean")
+    test = phantom("test", RECIPE["n_test"])
+    rows = ["| layer | SAE | " + " | ".join(ATLAS_PHANTOM) + " |", "|---|---|" + "---|" * len(ATLAS_PHANTOM)]
+    for layer, exp, k in ATLAS_SWEEP:
+        store = cached_store(model, layer, data_dir() / "sae_bench" / f"store_clean_{layer}")
+        torch.manual_seed(0)
+        sae, _ = wb.sae.train(store, "topk", expansion=exp, k=k, epochs=args.sae_epochs, progress=False, device="cpu")
+        at = wb.sae.atlas(sae, model, test, structures=ATLAS_PHANTOM, top=2)
+        best = at.best_per_structure().set_index("structure")
+        union = at.unions.groupby("structure").auroc.max()
+        rows.append(f"| {layer} | TopK x{exp}, k = {k} | " + " | ".join(
+            f"{best.loc[s, 'auroc']:.3f} / {union.get(s, float('nan')):.3f}" for s in ATLAS_PHANTOM) + " |")
+        print(rows[-1], flush=True)
+    note = (f"sae_vit64_clean; each cell: the best single latent's pixel AUROC / the best union of <= 3 latents "
+            f"(as in the atlas table), {len(test)} test images; TopK SAEs trained {args.sae_epochs:g} epochs on the "
+            "layer's store of the training split. Goal: >= 0.9 per structure.")
+    write_table("atlas_sweep", "### Atlas across layers and dictionary sizes\n\n" + machine() + "\n\n"
+                + "\n".join(rows) + "\n\n" + note)
+
+
 DEVICE_LATENT = 0.75   # a latent whose per-image maximum tells drain images from the others this well
 
 
@@ -760,7 +812,7 @@ def part_shortcut(args) -> None:
 
 
 PARTS = {"models": part_models, "caching": part_caching, "memory": part_memory, "speed": part_speed,
-         "frontier": part_frontier,
+         "frontier": part_frontier, "atlas_sweep": part_atlas_sweep,
          "quality": part_quality, "atlas": part_atlas, "shortcut": part_shortcut}
 
 

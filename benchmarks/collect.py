@@ -7,7 +7,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ORDER = ["setup", "train", "train_gpu", "phantom", "attention", "communities", "communities_gpu", "attribution",
          "attribution_gpu", "evaluation", "lesions", "sae_models", "sae_caching", "sae_memory", "sae_speed", "sae_frontier", "sae_quality",
-         "sae_atlas", "sae_shortcut", "sae_interventions", "concepts", "pruning", "pruning_speed", "pruning_quality", "pruning_quality_b", "pruning_shortcut", "pruning_distill", "scale", "validation",
+         "sae_atlas", "sae_atlas_sweep", "sae_shortcut", "sae_interventions", "concepts", "pruning", "pruning_speed", "pruning_quality", "pruning_quality_b", "pruning_shortcut", "pruning_distill", "scale", "validation",
          "notebooks"]
 
 HEADER = """# Benchmarks

@@ -320,7 +320,7 @@ def test_train_enc_scale_option():
     _, tied = train(x, "topk", expansion=4, k=3, tokens=256, batch_size=256, progress=False, enc_scale=1)
     assert fit.params["enc_scale"] != 1.0 and tied.params["enc_scale"] == 1.0
     _, relu = train(x, "relu", expansion=4, tokens=256, batch_size=256, progress=False)
-    _, relu_fit = train(x, "relu", expansion=4, tokens=256, batch_size=256, progress=False, enc_scale="fit")
-    assert relu.params["enc_scale"] == 1.0 and relu_fit.params["enc_scale"] != 1.0  # ReLU keeps its L1 scale
+    _, relu_tied = train(x, "relu", expansion=4, tokens=256, batch_size=256, progress=False, enc_scale=1)
+    assert relu.params["enc_scale"] != 1.0 and relu_tied.params["enc_scale"] == 1.0  # "fit" for every kind
     with pytest.raises(ValueError, match="enc_scale"):
         train(x, "topk", expansion=4, k=3, tokens=256, progress=False, enc_scale=0)

@@ -116,7 +116,7 @@ def register(sub: Any) -> None:
     t.add_argument("--kind", default="topk", help="topk, batchtopk or relu (workbench.sae.KINDS)")
     t.add_argument("--expansion", type=float, default=8)
     t.add_argument("--k", type=int, default=32, help="active latents per token (topk, batchtopk)")
-    t.add_argument("--l1", type=float, default=5e-3, help="L1 coefficient (relu)")
+    t.add_argument("--l1", type=float, default=0.2, help="L1 coefficient (relu; larger is sparser)")
     t.add_argument("--lr", type=float, default=None)
     t.add_argument("--epochs", type=float, default=1.0)
     t.add_argument("--batch-size", type=int, default=4096, help="tokens per step")
