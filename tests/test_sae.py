@@ -88,6 +88,8 @@ def test_training_lowers_fvu_keeps_atoms_unit_norm_and_logs(kind, k):
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(sae.d_sae), atol=1e-5, rtol=0)
     assert log.tokens == 8 * len(x) and log.steps == 64
     assert log.params["kind"] == kind and log.tokens_per_second > 0
+    times = [r["seconds"] for r in log.rows]   # wall time since the loop started, per logged row
+    assert times == sorted(times) and 0 < times[-1] <= log.seconds
     assert not sae.training
     with torch.no_grad():
         codes = sae.encode(x)

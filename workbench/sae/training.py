@@ -84,7 +84,8 @@ class TrainLog:
     """What happened while training.
 
     Attributes:
-        rows: one dict per logged step: step, tokens, lr, loss, fvu, l0, aux, dead_fraction.
+        rows: one dict per logged step: step, tokens, lr, loss, fvu, l0, aux, dead_fraction, seconds
+            (wall time since the loop started: throughput over any stretch of training).
         tokens: tokens seen; steps: optimiser steps; seconds: wall time of the loop.
         params: the settings ``train`` used (JSON-ready).
     """
