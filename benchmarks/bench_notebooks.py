@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from workbench import notebook as nb  # noqa: E402
 
-RESULTS = HERE / "results" / "notebooks.json"
+RESULTS = HERE / "results" / "notebooks.json"   # committed (the other results/ files are not): each part keeps the others' rows
 TABLE = HERE / "tables" / "notebooks.md"
 QUICKSTART = "00_quickstart"
 OVERLAY_CELL = "wb.viz.draw(\"community_overlay\""
@@ -126,10 +126,13 @@ def part_full(names: list[str]) -> None:
                 rows.append({"notebook": name, "wall_s": round(time.perf_counter() - t0, 1), "load": _load(),
                              "ok": False, "error": str(e)[:300]})
         print(rows[-1], flush=True)
-    if RESULTS.exists():   # keep the stored rows of the notebooks not run now
+    note = ""
+    if RESULTS.exists():   # keep the stored rows of the notebooks not run now (and the note about them)
         done = {r["notebook"] for r in rows}
-        rows = [r for r in json.loads(RESULTS.read_text()).get("full", {}).get("rows", []) if r["notebook"] not in done] + rows
-    _store("full", {"when": _stamp(), "rows": rows})
+        old = json.loads(RESULTS.read_text()).get("full", {})
+        rows = [r for r in old.get("rows", []) if r["notebook"] not in done] + rows
+        note = old.get("note", "")
+    _store("full", {"when": _stamp(), "rows": rows, **({"note": note} if note else {})})
 
 
 def _clean_env() -> dict:
@@ -223,7 +226,8 @@ def table() -> str:
     if "full" in data:
         f = data["full"]
         lines += [f"## Full-setting notebook runs ({f['when']})", "",
-                  "Default parameters, all cores (the quickstart trains its own model: `CHECKPOINT=\"\"`).", "",
+                  "Default parameters, all cores (the quickstart trains its own model: `CHECKPOINT=\"\"`)."
+                  + (f" {f['note']}" if f.get("note") else ""), "",
                   "| notebook | wall s | load | ok |", "|---|---|---|---|"]
         for r in f["rows"]:
             lines.append(f"| {r['notebook']} | {r['wall_s']:.0f} | {r['load']} | "
