@@ -218,9 +218,8 @@ def part_quality(s: Settings) -> str:
     for arch, kind in [(a, k) for a in ("vit", "cnn", "vit_avgmax") for k in CBM_MODES]:
         if s.only is not None and f"{arch}:{kind}" not in s.only:
             continue   # --only names the models to report (and to train, in the train part)
-        if not (model_dir() / (recipe(s, arch, "cbm" if kind == "cbm_refit" else kind) + ".safetensors")).exists() \
-                and (kind != "cbm" or arch == "vit_avgmax"):
-            continue  # train it first: --parts train --only vit:cbm_independent,...
+        if not (model_dir() / (recipe(s, arch, "cbm" if kind == "cbm_refit" else kind) + ".safetensors")).exists():
+            continue  # train it first: --parts train (--only vit:cbm_independent,...)
         mode = CBM_MODES[kind]
         bb = get_model(s, arch, "blackbox", [])
         cbm = get_model(s, arch, kind, [])

@@ -405,9 +405,15 @@ def stage_smooth(args) -> None:
     else:
         models = _models(args)
     used = {d for d, _ in models}
-    tests = {d: busi("test") if d == "busi" else phantom("test", 800) for d in used}
-    sets = {d: {"val": lesion_set(busi("val")) if d == "busi" else nodule_set(phantom("val", 800), args.n_phantom),
-                "test": lesion_set(tests[d]) if d == "busi" else nodule_set(tests[d], args.n_phantom)} for d in used}
+
+    def split(d: str, name: str):
+        return busi(name) if d == "busi" else phantom(name, 800)
+
+    def lesions(d: str, ds):
+        return lesion_set(ds) if d == "busi" else nodule_set(ds, args.n_phantom)
+
+    tests = {d: split(d, "test") for d in used}
+    sets = {d: {"val": lesions(d, split(d, "val")), "test": lesions(d, tests[d])} for d in used}
     methods = args.methods or [m for m in METHODS.names() if m not in SLOW or m == "occlusion"]
     rows, per_rows = [], []
     for data in used:  # the reference a method must beat: always point at the image's centre

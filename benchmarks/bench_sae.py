@@ -43,6 +43,8 @@ sys.path.insert(0, str(ROOT))
 
 import workbench as wb  # noqa: E402
 from workbench._io import atomic_write_text  # noqa: E402
+from workbench.models.checkpoint import checkpoint_paths  # noqa: E402  (PATH.safetensors, also for "blocks.1_..." names)
+from workbench.sae.training import default_dead_after  # noqa: E402
 
 TABLES = ROOT / "benchmarks" / "tables"
 RECIPE = {"size": 64, "epochs": 10, "n_train": 8000, "n_val": 400, "n_test": 800, "depth": 4, "embed_dim": 96,
@@ -75,7 +77,7 @@ def phantom(split: str, n: int, shortcut: dict | None = None):
 def bench_model(name: str, *, shortcut: dict | None = None, log: list | None = None):
     """The cached phantom ViT ``sae_vit64_<name>``, trained by the demo's recipe when absent."""
     path = data_dir() / "bench_models" / f"sae_vit64_{name}" / "model"
-    if path.with_suffix(".safetensors").exists():
+    if checkpoint_paths(path)[0].exists():
         return wb.models.load(path)
     torch.manual_seed(0)
     r = RECIPE
@@ -254,6 +256,39 @@ def _fvu_l0(x: torch.Tensor, x_hat: torch.Tensor, codes: torch.Tensor) -> tuple[
     return float(fvu(x, x_hat)), float((codes > 0).float().sum(-1).mean())
 
 
+def _speed_data(args, batch: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """The speed and frontier parts' training tokens, held-out tokens, and the random batches the peers
+    train on for ``args.quality_tokens`` tokens."""
+    x = _tokens(args.speed_images, "train")
+    held = _tokens(512, "test")
+    train_batches = [x[torch.randint(0, len(x), (batch,), generator=torch.Generator().manual_seed(i))]
+                     for i in range(args.quality_tokens // batch)]
+    return x, held, train_batches
+
+
+def _quality_run(name: str, kind: str, x: torch.Tensor, held: torch.Tensor, train_batches: list[torch.Tensor], *,
+                 d_sae: int, k: int, lr: float, l1: float | None = None) -> tuple[float, float, float]:
+    """One implementation trained for ``len(train_batches)`` batches (workbench: as many tokens through
+    ``wb.sae.train``): (held-out FVU, held-out L0, tokens/s over the second half of the run)."""
+    batch = len(train_batches[0])
+    l1 = PEER_L1[name] if l1 is None else l1
+    if name == "workbench":
+        sae, tl = wb.sae.train(x, kind, d_sae=d_sae, k=k, batch_size=batch, tokens=len(train_batches) * batch, lr=lr,
+                               progress=False, device="cpu", l1_coef=l1, log_every=1)
+        with torch.no_grad():
+            out = sae(held)
+        half = tl.rows[len(tl.rows) // 2 - 1]
+        return (*_fvu_l0(held, out.x_hat, out.codes), (tl.tokens - half["tokens"]) / (tl.seconds - half["seconds"]))
+    peer = _Peer(name, kind, x.shape[1], d_sae, k, batch, lr, x[:65536], l1=l1)
+    half = len(train_batches) // 2
+    for i, xb in enumerate(train_batches):
+        if i == half:
+            t_half = time.perf_counter()
+        peer.step(xb)
+    steady = (len(train_batches) - half) * batch / (time.perf_counter() - t_half)
+    return (*peer.evaluate(held), steady)
+
+
 class _Peer:
     """One implementation's training step and encode/decode, built the way its own trainer does."""
 
@@ -363,8 +398,7 @@ def part_speed(args) -> None:
     run; then FVU and L0 on held-out tokens after the same number of training tokens."""
     d, exp, k, batch = 192, 8, 32, 4096
     d_sae = d * exp
-    x = _tokens(args.speed_images, "train")
-    held = _tokens(512, "test")
+    x, held, train_batches = _speed_data(args, batch)
     lr = 6.5e-4   # workbench's default for 1536 latents, given to every implementation
     a, w = torch.randn(batch, d), torch.randn(d, d_sae)
     steps = args.speed_steps
@@ -410,29 +444,12 @@ def part_speed(args) -> None:
     # quality: FVU / L0 on held-out tokens after the same training tokens
     quality, steady = {}, {}
     tokens = args.quality_tokens
-    train_batches = [x[torch.randint(0, len(x), (batch,), generator=torch.Generator().manual_seed(i))]
-                     for i in range(tokens // batch)]
     for name, kind in names:
         if (name, kind) in skipped:
             continue
-        if name == "workbench":
-            sae, tl = wb.sae.train(x, kind, expansion=exp, k=k, batch_size=batch, tokens=tokens, lr=lr,
-                                   progress=False, device="cpu", l1_coef=PEER_L1["workbench"], log_every=1)
-            with torch.no_grad():
-                out = sae(held)
-            quality[(name, kind)] = _fvu_l0(held, out.x_hat, out.codes)
-            half = tl.rows[len(tl.rows) // 2 - 1]
-            steady[(name, kind)] = (tl.tokens - half["tokens"]) / (tl.seconds - half["seconds"])
-            continue
-        peer = _Peer(name, kind, d, d_sae, k, batch, lr, x[:65536])
-        for i, xb in enumerate(train_batches):
-            if i == len(train_batches) // 2:
-                t_half = time.perf_counter()
-            peer.step(xb)
-        steady[(name, kind)] = (len(train_batches) - len(train_batches) // 2) * batch / (time.perf_counter() - t_half)
-        quality[(name, kind)] = peer.evaluate(held)
-        print(f"  quality {name}/{kind}: FVU {quality[(name, kind)][0]:.3f}, L0 {quality[(name, kind)][1]:.1f}",
-              flush=True)
+        f, l0, steady[(name, kind)] = _quality_run(name, kind, x, held, train_batches, d_sae=d_sae, k=k, lr=lr)
+        quality[(name, kind)] = (f, l0)
+        print(f"  quality {name}/{kind}: FVU {f:.3f}, L0 {l0:.1f}", flush=True)
     rows = ["| SAE | implementation | tokens/s (median) | x GEMM floor | x best peer | tokens/s, 2nd half of the quality "
             "run | x best peer | held-out FVU | held-out L0 |", "|---|---|---|---|---|---|---|---|---|"]
     for kind in ("relu", "topk", "batchtopk"):
@@ -511,25 +528,12 @@ def part_frontier(args) -> None:
     target is interpolated (log L0). Same tokens, training tokens, batch and lr as the speed part's quality."""
     d, exp, batch, target = 192, 8, 4096, 32
     d_sae = d * exp
-    x = _tokens(args.speed_images, "train")
-    held = _tokens(512, "test")
+    x, held, train_batches = _speed_data(args, batch)
     lr, tokens = 6.5e-4, args.quality_tokens
-    train_batches = [x[torch.randint(0, len(x), (batch,), generator=torch.Generator().manual_seed(i))]
-                     for i in range(tokens // batch)]
 
     def fit_for(name: str):
         def fit(c: float) -> tuple[float, float]:
-            if name == "workbench":
-                sae, _ = wb.sae.train(x, "relu", expansion=exp, batch_size=batch, tokens=tokens, lr=lr, l1_coef=c,
-                                      progress=False, device="cpu")
-                with torch.no_grad():
-                    out = sae(held)
-                r = _fvu_l0(held, out.x_hat, out.codes)
-            else:
-                peer = _Peer(name, "relu", d, d_sae, 32, batch, lr, x[:65536], l1=c)
-                for xb in train_batches:
-                    peer.step(xb)
-                r = peer.evaluate(held)
+            r = _quality_run(name, "relu", x, held, train_batches, d_sae=d_sae, k=32, lr=lr, l1=c)[:2]
             print(f"  frontier {name} l1 {c:.3g}: FVU {r[0]:.3f}, L0 {r[1]:.1f}", flush=True)
             return r
         return fit
@@ -589,7 +593,7 @@ def bench_sae(name: str, model, kind: str, store, epochs: float, log: dict | Non
     # (ReLU SAEs too since 2026-12-03)
     path = data_dir() / "sae_bench" / (f"sae_{name}_{MIDDLE}_{kind}_e{epochs:g}_encfit" +
                                        (f"_l1{SAE_SETTINGS[kind]['l1_coef']:g}" if kind == "relu" else ""))
-    if path.with_suffix(".safetensors").exists():
+    if checkpoint_paths(path)[0].exists():
         return wb.sae.load(path)
     sae, tl = wb.sae.train(store, kind, expansion=8, epochs=epochs, progress=False, device="cpu",
                            **SAE_SETTINGS[kind])
@@ -606,7 +610,7 @@ def part_quality(args) -> None:
     rows = ["| SAE | d_sae | FVU | L0 | dead | dead in training | dense (>10 %) | AUC model | AUC spliced | "
             "AUC zero-ablation | AUC mean-ablation | top-1 agreement | train tokens/s |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    dead_after = min(10_000_000, store.n_tokens // 2)   # train()'s default
+    dead_after = default_dead_after(store.n_tokens)
     logs: dict = {}
     for kind in ("topk", "batchtopk", "relu"):
         sae = bench_sae("clean", model, kind, store, args.sae_epochs, logs)
@@ -614,13 +618,11 @@ def part_quality(args) -> None:
         tl = logs.get(("clean", kind))
         lo, hi = f.auc_ci["auc_spliced"]
         trained_dead = float(sae.dead_mask(dead_after).float().mean())
+        speed = f"{tl.tokens_per_second:.0f}" if tl else "cached"
         rows.append(f"| {kind} {SAE_SETTINGS[kind]} | {sae.d_sae} | **{f.fvu:.3f}** | **{f.l0:.1f}** | "
-                    f"**{f.dead_fraction:.1%}** | {trained_dead:.1%} | {f.dense_fraction:.1%} | {f.auc:.3f} | **{f.auc_spliced:.3f}** "
-                    f"[{lo:.3f}, {hi:.3f}] | {f.auc_zero:.3f} | {f.auc_mean:.3f} | {f.agreement:.1%} | "
-                    f"{tl.tokens_per_second:.0f} |" if tl else
-                    f"| {kind} {SAE_SETTINGS[kind]} | {sae.d_sae} | **{f.fvu:.3f}** | **{f.l0:.1f}** | "
-                    f"**{f.dead_fraction:.1%}** | {trained_dead:.1%} | {f.dense_fraction:.1%} | {f.auc:.3f} | **{f.auc_spliced:.3f}** "
-                    f"[{lo:.3f}, {hi:.3f}] | {f.auc_zero:.3f} | {f.auc_mean:.3f} | {f.agreement:.1%} | cached |")
+                    f"**{f.dead_fraction:.1%}** | {trained_dead:.1%} | {f.dense_fraction:.1%} | {f.auc:.3f} | "
+                    f"**{f.auc_spliced:.3f}** [{lo:.3f}, {hi:.3f}] | {f.auc_zero:.3f} | {f.auc_mean:.3f} | "
+                    f"{f.agreement:.1%} | {speed} |")
     note = (f"Model: sae_vit64_clean (test AUC above); layer {MIDDLE} (output of block 2 of 4), patch tokens, "
             f"d = 96. Store: its {RECIPE['n_train']} training images ({store.n_tokens:,} tokens, "
             f"{store.nbytes / 2**20:.0f} MB). SAEs: x8, {args.sae_epochs} epochs, batch 4096, defaults otherwise. "
@@ -644,7 +646,7 @@ CNN_LAYERS = ("layer1", "layer2")
 def bench_cnn():
     """A phantom ResNet-18 (the ViT's data and task, 4 epochs), cached as ``sae_resnet18_64_clean``."""
     path = data_dir() / "bench_models" / "sae_resnet18_64_clean" / "model"
-    if path.with_suffix(".safetensors").exists():
+    if checkpoint_paths(path)[0].exists():
         return wb.models.load(path).eval()
     torch.manual_seed(0)
     model = wb.models.create("resnet18", num_classes=2, img_size=RECIPE["size"], in_chans=1)
@@ -687,7 +689,7 @@ def part_atlas(args) -> None:
     for layer in CNN_LAYERS:
         store = cached_store(cnn, layer, data_dir() / "sae_bench" / f"store_cnn_{layer}")
         path = data_dir() / "sae_bench" / f"sae_cnn_{layer}_topk_e{args.sae_epochs:g}"
-        if path.with_suffix(".safetensors").exists():
+        if checkpoint_paths(path)[0].exists():
             csae = wb.sae.load(path)
         else:
             csae, _ = wb.sae.train(store, "topk", expansion=8, epochs=args.sae_epochs, progress=False, device="cpu",
@@ -730,7 +732,6 @@ def part_atlas(args) -> None:
                 + "\n\n" + note)
 
 
-# -- shortcut: confounder search and interventions -------------------------------------------------------
 ATLAS_SWEEP = [("blocks.0", 8, 32), ("blocks.1", 8, 32), ("blocks.2", 8, 32), ("blocks.3", 8, 32), ("blocks.1", 4, 8),
                ("blocks.1", 16, 32)]   # (layer, expansion, k)
 
@@ -759,6 +760,7 @@ def part_atlas_sweep(args) -> None:
                 + "\n".join(rows) + "\n\n" + note)
 
 
+# -- shortcut: confounder search and interventions -------------------------------------------------------
 DEVICE_LATENT = 0.75   # a latent whose per-image maximum tells drain images from the others this well
 
 

@@ -131,6 +131,12 @@ def default_lr(d_sae: int) -> float:
     return min(2e-3, 2e-4 * math.sqrt(16384 / d_sae))
 
 
+def default_dead_after(n_tokens: int, batch_size: int = 4096) -> int:
+    """Training tokens without firing after which a latent counts as dead: the smaller of 10M tokens
+    and half an epoch (at least one batch)."""
+    return int(min(10_000_000, max(batch_size, n_tokens // 2)))
+
+
 @torch.no_grad()
 def geometric_median(x: torch.Tensor, iters: int = 50, tol: float = 1e-6) -> torch.Tensor:
     """Weiszfeld's algorithm: the point minimising the summed distances to the rows of ``x`` (N, d)."""
@@ -360,7 +366,7 @@ def train(store: Any, kind: str = "topk", expansion: float = 8, k: int | None = 
     steps = max(1, math.ceil(total_tokens / batch_size))
     lr = default_lr(sae.d_sae) if lr is None else float(lr)
     aux_k = src.d // 2 if aux_k is None else int(aux_k)
-    dead_after = int(min(10_000_000, max(batch_size, src.n_tokens // 2))) if dead_after is None else int(dead_after)
+    dead_after = default_dead_after(src.n_tokens, batch_size) if dead_after is None else int(dead_after)
     params = {"kind": kind, "d": src.d, "d_sae": sae.d_sae, "k": sae.k, "l1_coef": l1_coef if kind == "relu" else None,
               "lr": lr, "batch_size": batch_size, "tokens": total_tokens, "steps": steps, "aux_k": aux_k,
               "aux_coef": aux_coef, "dead_after": dead_after, "init": init, "enc_scale": float(enc_scale), "seed": seed, "device": str(dev),
