@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -219,7 +220,7 @@ def test_foundation_model_from_a_local_weights_file(tmp_path):
 def _torchrun(out: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     root = HERE.parent
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONFAULTHANDLER": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -227,10 +228,26 @@ def _torchrun(out: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+# gloo's threads can abort a rank in the interpreter's teardown (pytorch/pytorch#179291), rarely: once in
+# CI under load, never in 70 runs here. One rerun in a fresh folder when that is all that went wrong.
+_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_cache_their_shares_under_one_manifest(tmp_path):
-    r = _torchrun(tmp_path)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    first = tmp_path / "first"
+    first.mkdir()
+    r = _torchrun(first)
+    if r.returncode != 0 and _TEARDOWN_ABORT in r.stderr:
+        warnings.warn(f"a rank aborted in gloo's teardown ({sorted(p.name for p in first.glob('*.json'))} "
+                      "written); rerun once")
+        tmp_path = tmp_path / "again"
+        tmp_path.mkdir()
+        r = _torchrun(tmp_path)
+    else:
+        tmp_path = first
+    # on failure: which files each rank got to write (rank*.json after its work, exit*.json after the tear-down)
+    assert r.returncode == 0, (sorted(p.name for p in tmp_path.glob("*.json")), r.stdout[-2000:] + r.stderr[-6000:])
     ranks = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in (0, 1)]
     assert [x["world"] for x in ranks] == [2, 2]
     for k in (0, 1):   # workbench destroyed the process group it created before the interpreter went down

@@ -87,14 +87,20 @@ def _shutdown() -> None:
 
     Without it gloo's worker threads can outlive the interpreter's teardown and the process dies with SIGABRT
     ("terminate called without an active exception") after its work is done, which ``torchrun``
-    reports as a failed rank (pytorch/pytorch#190489).
+    reports as a failed rank (pytorch/pytorch#179291 describes the mechanism: gloo work objects still
+    holding tensors are freed after the interpreter is gone); a garbage collection right after frees
+    the ones in reference cycles too. No barrier first: a rank leaving on an error would meet its
+    peers' pending collective instead and both would hang.
     """
+    import gc
+
     import torch.distributed as td
     if td.is_available() and td.is_initialized():
         try:
             td.destroy_process_group()
         except Exception:  # noqa: BLE001 - exiting anyway; a failed tear-down must not mask the job's result
             pass
+    gc.collect()  # work objects still holding the group's buffers go now, not during interpreter teardown
 
 
 def rank_device(device: str | torch.device | None = "auto") -> torch.device:
