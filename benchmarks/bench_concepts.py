@@ -1,6 +1,6 @@
 """Concept bottleneck benchmarks -> benchmarks/tables/concepts.md.
 
-Parts (``--parts train,quality,tcav,site,throughput,widget``; each rewrites only its own section):
+Parts (``--parts train,quality,tcav,site,throughput,widget,tcav_reliance``; each rewrites only its own section):
 
 - train: trains (or reuses from ``$WORKBENCH_DATA/bench_models/``) the models the other parts use:
   on the phantom's ``diagnosis`` task at 64 px (sites A-C), a ViT (vit_tiny depth 4, width 96, patch 8)
@@ -20,6 +20,9 @@ Parts (``--parts train,quality,tcav,site,throughput,widget``; each rewrites only
 - throughput: CBM training images/s (``wb.fit``) over a bare forward+backward of the backbone with a
   linear head, interleaved repeats, medians.
 - widget: concept explorer redraw after an intervention (median and max over slider moves).
+- tcav_reliance: whether the planted drain is learnt (false pneumothorax calls with / without a drain)
+  by black boxes trained without it, with it at 90 % / 10 % and fully confounded, and whether TCAV's
+  drain score follows.
 
 Usage: ``WORKBENCH_DATA=/work/cache/data .venv/bin/python benchmarks/bench_concepts.py --parts ...``
 (``--quick`` for a smoke run with tiny settings).
@@ -48,9 +51,12 @@ from workbench import concepts as wc  # noqa: E402
 
 TITLES = {"train": "Trained models", "quality": "CBM vs black box, concepts and interventions",
           "tcav": "TCAV: significance, shortcut, agreement with captum", "site": "Site repair without training",
-          "throughput": "CBM training throughput", "widget": "Concept explorer redraw"}
+          "throughput": "CBM training throughput", "widget": "Concept explorer redraw",
+          "tcav_reliance": "TCAV and the shortcut a model learnt"}
 SIZE = 64
 SHORTCUT = {"feature": "device", "with": "pneumothorax", "p_pos": 0.9, "p_neg": 0.1}
+# the same, fully confounded (a drain on every pneumothorax training image and on no other): tcav_reliance
+SHORTCUT_ALL = {**SHORTCUT, "p_pos": 1.0, "p_neg": 0.0}
 SPECS = {"vit": ("vit_tiny", {"patch_size": 8, "depth": 4, "embed_dim": 96, "num_heads": 3}),
          # the same ViT pooling its tokens by mean and maximum (timm's "avgmax") instead of its class token: a
          # small finding (a nodule on one 8 px patch) reaches the pooled features through the maximum
@@ -97,8 +103,8 @@ def recipe(s: Settings, arch: str, kind: str) -> str:
 
 
 def get_model(s: Settings, arch: str, kind: str, log: list[str]) -> Any:
-    """A trained model (cached): kind "blackbox", "cbm" (joint), "cbm_independent" or "shortcut" (black box with the
-    device shortcut)."""
+    """A trained model (cached): kind "blackbox", "cbm" (joint), "cbm_independent", "shortcut" (black box with the
+    device shortcut) or "shortcut_all" (black box, the shortcut fully confounded)."""
     path = model_dir() / recipe(s, arch, kind)
     if path.with_suffix(".safetensors").exists():
         m = wb.models.load(path)
@@ -106,7 +112,7 @@ def get_model(s: Settings, arch: str, kind: str, log: list[str]) -> Any:
     if kind == "cbm_refit":
         return refit_joint_head(s, get_model(s, arch, "cbm", log), path)
     name, kw = SPECS[arch]
-    train = data(s, "train", s.n_train, shortcut=SHORTCUT if kind == "shortcut" else None)
+    train = data(s, "train", s.n_train, shortcut={"shortcut": SHORTCUT, "shortcut_all": SHORTCUT_ALL}.get(kind))
     val = data(s, "val", s.n_val)
     torch.manual_seed(0)
     if kind.startswith("cbm"):
@@ -258,6 +264,46 @@ def part_quality(s: Settings) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- TCAV
+def part_tcav_reliance(s: Settings) -> str:
+    """Does the planted shortcut get learnt, and does TCAV's drain score follow it? Three black boxes of
+    ``--tcav-arch``: without the shortcut, with SHORTCUT (90 % / 10 %) and with SHORTCUT_ALL (100 % / 0 %).
+    Reliance: on test images of the other classes, how often the model calls pneumothorax with a drain and
+    without. TCAV (the default probe, flattened tokens, 20 random sets) for pneumothorax on 100
+    pneumothorax images and on 100 images of the other classes."""
+    test = data(s, "test", s.n_test)
+    examples, rnd = _examples(s)
+    arch = s.tcav_arch
+    layer = f"blocks.{SPECS[arch][1]['depth'] - 1}"
+    c = test.classes.index("pneumothorax")
+    drain = torch.tensor([bool(m.get("device")) for m in test.meta])
+    ptx = test.labels == c
+    n_random = 4 if s.quick else 20
+    rows = []
+    for kind, what in (("blackbox", "none"), ("shortcut", "90 % / 10 %"), ("shortcut_all", "100 % / 0 %")):
+        model = get_model(s, arch, kind, [])
+        pred = wb.train.predict(model, test).argmax(1)
+        called = pred == c
+        fp_drain, fp_none = called[~ptx & drain].float().mean(), called[~ptx & ~drain].float().mean()
+        cells = []
+        for sel in (ptx, ~ptx):
+            imgs = test.batch(sel.nonzero().flatten()[:100])["image"]
+            t = wc.tcav(model, imgs, examples, layer=layer, target=c, random=rnd, n_random=n_random).table
+            cells += [f"{'**' if t.loc[k, 'significant'] else ''}{t.loc[k, 'score']:.2f}"
+                      f"{'**' if t.loc[k, 'significant'] else ''} (p={t.loc[k, 'p_value']:.2g})" for k in ("device", "marker")]
+            cells.append(f"{t['random_score'].iloc[0]:.2f}")
+        acc = float((pred == test.labels).float().mean())
+        rows.append(f"| {what} | {acc:.3f} | {fp_drain:.3f} / {fp_none:.3f} | " + " | ".join(cells) + " |")
+    return ("Black-box ViTs (" + arch + ") trained without the planted drain, with it on 90 % of pneumothorax and 10 % of "
+            "the other training images (the `tcav` part's shortcut model), and fully confounded (100 % / 0 %); "
+            "same data otherwise. Reliance = share of test images of the other classes called pneumothorax, with a "
+            "drain / without. TCAV for pneumothorax at `" + layer + "` (flattened tokens, default probe, "
+            f"{n_random} random sets; concept examples as in the `tcav` part) on pneumothorax images and on images "
+            "of the other classes; **bold** = p < 0.05.\n\n"
+            "| shortcut in training | test accuracy | called pneumothorax, other classes: drain / none | device on "
+            "pneumothorax images | marker | random | device on other classes | marker | random |\n"
+            "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+
+
 def _examples(s: Settings) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Concept examples (a split where each finding and the drain have prevalence 0.5) and a pool of random
     images from a second split generated the same way: a CAV then separates a concept from images of the

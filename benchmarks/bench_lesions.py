@@ -18,7 +18,9 @@ them, so stages can run at different times):
   with the planted device shortcut (audit gap);
 - ``cost``: each new method's time as a ratio to forward (+backward) of the same model and batch, next
   to pytorch-grad-cam's HiResCAM / LayerCAM in the same run;
-- ``audit``: relevance on calipers / burnt-in text vs the lesion on BUSI.
+- ``audit``: relevance on calipers / burnt-in text vs the lesion on BUSI;
+- ``pooling``: the head's global pooling (average / class token vs max, avgmax) and the pointing game on
+  BUSI; writes its own table, lesions_pooling.md, beside --out (run alone, it leaves --out as it is).
 
 Run: WORKBENCH_DATA=/work/cache/data python benchmarks/bench_lesions.py --stages train methods ...
 (--quick for a smoke run).
@@ -117,15 +119,18 @@ def augment():
 
 
 def train_or_load(arch: str, data: str, seed: int = 0, *, epochs: int = 30, guide: str | None = None,
-                  guide_weight: float = 0.0, quick: bool = False):
+                  guide_weight: float = 0.0, quick: bool = False, pool: str | None = None):
     """A cached model (``cache_dir()/<key>``) or a freshly trained one, saved there.
 
     data: "busi" (README recipe: 30 epochs, early stopping 10 on val AUC, RandomAffine) or "phantom"
     (abnormal at 64 px: bench_pruning's resnet18_phantom and bench_sae's sae_vit64_clean, shared with
     those benchmarks; bench_evaluation's recipe, ResNet-18 on 3000 images / the ViT on 10000, 10
     epochs, batch 16, only when the ViT is not cached) or "phantom_shortcut" (ResNet-18 on 2000 images with the planted device shortcut).
+    pool: timm's ``global_pool`` ("max", "avgmax", ...) instead of the architecture's own (average / class token).
     """
     tag = f"guide-{'+'.join(guide) if isinstance(guide, (list, tuple)) else guide}-{guide_weight:g}" if guide else "plain"
+    if pool:
+        tag = f"pool-{pool}" if tag == "plain" else f"{tag}_pool-{pool}"
     px = SIZE if data == "busi" else PH_SIZE
     key = f"{data}_{arch}_{px}px_{epochs}ep_s{seed}_{tag}" + ("_quick" if quick else "")
     path = cache_dir() / key
@@ -133,13 +138,13 @@ def train_or_load(arch: str, data: str, seed: int = 0, *, epochs: int = 30, guid
         return wb.models.load(path).eval(), key
     t0 = time.time()
     shared = cache_dir().parent / "sae_vit64_clean" / "model"
-    if (data, arch, epochs, guide, quick) == ("phantom", "vit_tiny", 10, None, False) \
+    if (data, arch, epochs, guide, quick, pool) == ("phantom", "vit_tiny", 10, None, False, None) \
             and shared.with_suffix(".safetensors").is_file():
         # bench_sae.py's phantom ViT (the demo's recipe: same architecture, 8,000 images x 10 epochs,
         # early stopping on validation AUC): one training run instead of a second, 10,000-image one
         log(f"{key}: using bench_sae's sae_vit64_clean (the demo's recipe) instead of training")
         return wb.models.load(shared).eval(), "sae_vit64_clean"
-    if (data, arch, epochs, guide, quick) == ("phantom", "resnet18", 10, None, False):
+    if (data, arch, epochs, guide, quick, pool) == ("phantom", "resnet18", 10, None, False, None):
         # the phantom CNN control is bench_pruning.py's resnet18_phantom (2,000 images x 4 epochs,
         # batch 64, lr 1e-3, seed 0): one training run for both benchmarks, a quarter of the CPU time
         shared = cache_dir().parent / "pruning_resnet18_phantom" / "model"
@@ -152,18 +157,19 @@ def train_or_load(arch: str, data: str, seed: int = 0, *, epochs: int = 30, guid
         return wb.models.load(shared).eval(), "pruning_resnet18_phantom"
     r = RECIPES[arch]
     gkw = dict(guide_masks=guide, guide_weight=guide_weight) if guide else {}
+    create = {**r["create"], **({"global_pool": pool} if pool else {})}
     torch.manual_seed(seed)
     if data == "busi":
         train, val = busi("train"), busi("val")
         if quick:
             train, val = train.subset(range(48)), val.subset(range(24))
-        model = wb.models.create(arch, num_classes=len(train.classes), img_size=SIZE, in_chans=1, **r["create"])
+        model = wb.models.create(arch, num_classes=len(train.classes), img_size=SIZE, in_chans=1, **create)
         hist = wb.fit(model, train, val, epochs=epochs, lr=r["lr"], early_stopping=10, augment=augment(),
                       seed=seed, progress=False, **gkw)
     else:
         n = {"resnet18": 3000, "vit_tiny": 10000}[arch] if data == "phantom" else 2000
         train = phantom("train", 64 if quick else n, SHORTCUT if data == "phantom_shortcut" else None)
-        model = wb.models.create(arch, num_classes=2, img_size=PH_SIZE, in_chans=1, **r["create"])
+        model = wb.models.create(arch, num_classes=2, img_size=PH_SIZE, in_chans=1, **create)
         hist = wb.fit(model, train, epochs=epochs, batch_size=16, lr=r["lr"], seed=seed, progress=False, **gkw)
     wb.models.save(model, path)
     log(f"trained {key} in {time.time() - t0:.0f} s (best epoch {hist.best_epoch}, {len(hist.rows)} epochs)")
@@ -497,13 +503,14 @@ def stage_guided(args) -> None:
             for data in args.guided_data:
                 if data == "busi":
                     m, key = train_or_load("resnet18", "busi", seed, epochs=ep_b, quick=args.quick,
-                                           guide="lesion" if w else None, guide_weight=w)
+                                           guide="lesion" if w else None, guide_weight=w, pool=args.guided_pool)
                     ev, test, tol = ev_b, busi_test, TOL
                 else:
                     m, key = train_or_load("resnet18", "phantom_shortcut", seed, epochs=ep_p, quick=args.quick,
                                            guide=FINDINGS if w else None, guide_weight=w)
                     ev, test, tol = ev_p, ph_test, PH_TOL
-                r = {"data": data, "seed": seed, "guide_weight": w, "test_auc": wb.evaluate(m, test).auc}
+                r = {"data": data, "seed": seed, "guide_weight": w, "test_auc": wb.evaluate(m, test).auc,
+                     **({"pool": args.guided_pool} if args.guided_pool else {})}
                 n = 4 if args.quick else len(ev["target"])
                 for method in args.guided_methods:
                     att, _ = attribute_timed(m, ev, method, n)
@@ -528,13 +535,59 @@ def stage_guided(args) -> None:
                 _save_guided(data, r, f"methods {args.guided_methods}")
 
 
+POOLS = {"resnet18": [None, "max", "avgmax"], "vit_tiny": [None, "avgmax"]}
+POOL_METHODS = ["saliency", "input_x_gradient", "integrated_gradients", "gradcam"]
+
+
+def stage_pooling(args) -> None:
+    """The global pooling before the head (timm's ``global_pool``), BUSI, README recipe, seed 0: does a max-pooled
+    head, whose gradient reaches only the positions holding each channel's largest response (Oquab et al.
+    2015's reason for max pooling in weakly supervised localisation), point at the lesion more often than the
+    average (CNN) or the class token (ViT)? Writes ``<out dir>/lesions_pooling.md``."""
+    test = busi("test")
+    ev = lesion_set(test)
+    n = 4 if args.quick else len(ev["target"])
+    rows = []
+    for arch in args.archs:
+        for pool in POOLS[arch]:
+            m, key = train_or_load(arch, "busi", 0, epochs=2 if args.quick else 30, quick=args.quick, pool=pool)
+            r = {"model": arch, "pool": pool or ("token" if arch.startswith("vit") else "avg"),
+                 "test_auc": wb.evaluate(m, test).auc}
+            for method in POOL_METHODS:
+                att, ms = attribute_timed(m, ev, method, n)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    r[method] = boot(pointing_game(att, ev["mask"][:n]).scores.numpy())
+                    r[f"{method}_mass"] = relevance_mass(att, ev["mask"][:n]).mean
+            log(f"pooling {key}: {r}")
+            rows.append(r)
+    df = pd.DataFrame(rows)
+    save_part("pooling", df.assign(**{m: [v[0] for v in df[m]] for m in POOL_METHODS}), f"n={n}")
+    t = pd.DataFrame({"model": df["model"], "global pool": df["pool"], "test AUC": df["test_auc"].map("{:.3f}".format),
+                      **{f"pointing {m}": [f"{a:.2f} [{lo:.2f}, {hi:.2f}]" for a, lo, hi in df[m]] for m in POOL_METHODS},
+                      **{f"mass {m}": df[f"{m}_mass"].map("{:.2f}".format) for m in ("saliency", "integrated_gradients")}})
+    text = ("### Global pooling and the pointing game (BUSI)\n\n"
+            f"_`bench_lesions.py --stages pooling`; 2 CPU cores, torch {torch.__version__}, "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}._\n\n"
+            "The README recipe (30 epochs, early stopping on validation AUC, seed 0) with timm's `global_pool` "
+            "changed: `avg` (ResNet-18's own) or `token` (the ViT's class token) against `max` and `avgmax` "
+            "(the mean of both). A max-pooled head passes its gradient only to the positions holding each channel's "
+            "largest response, the reason Oquab et al. (2015) used it for weakly supervised localisation. "
+            f"{n} BUSI test lesions, true class, raw pointing game with 95 % bootstrap CIs; mass: share of "
+            "positive relevance in the lesion. Target >= 0.8.\n\n" + md(t) + "\n")
+    (Path(args.out).parent / "lesions_pooling.md").write_text(text)
+    print(text)
+
+
 def _save_guided(data: str, row: dict, note: str) -> None:
-    """Add (or replace) one (seed, weight) row of ``guided_<data>``: one file per dataset, so that two
+    """Add (or replace) one (seed, weight, pool) row of ``guided_<data>``: one file per dataset, so that two
     processes (one per dataset) can run the stage side by side."""
     old, _ = load_part(f"guided_{data}")
     df = pd.DataFrame([row])
     if old is not None:
-        keep = ~((old["seed"] == row["seed"]) & (old["guide_weight"] == row["guide_weight"]))
+        pool = old["pool"] if "pool" in old else pd.Series(None, index=old.index, dtype=object)
+        keep = ~((old["seed"] == row["seed"]) & (old["guide_weight"] == row["guide_weight"])
+                 & (pool.fillna("") == (row.get("pool") or "")))
         df = pd.concat([old[keep], df], ignore_index=True).sort_values(["seed", "guide_weight"])
     save_part(f"guided_{data}", df, note)
 
@@ -905,6 +958,8 @@ def main() -> None:
     p.add_argument("--smooth-guided", action="store_true",
                    help="smooth stage: score the mask-guided BUSI ResNet-18s (--seeds, --guide-weight) instead")
     p.add_argument("--guided-methods", nargs="+", default=["integrated_gradients", "gradcam"])
+    p.add_argument("--guided-pool", default=None, help="guided: the BUSI ResNet-18's global pool (timm's global_pool; "
+                   "default its own average)")
     p.add_argument("--audit-methods", nargs="+", default=["integrated_gradients", "gradcam", "lrp"])
     p.add_argument("--cost-batch", type=int, default=4)
     p.add_argument("--cost-rounds", type=int, default=3)
@@ -915,7 +970,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     stages = {"train": stage_train, "methods": stage_methods, "baselines": stage_baselines, "guided": stage_guided,
               "cost": stage_cost, "audit": stage_audit,
-              "smooth": stage_smooth}
+              "smooth": stage_smooth, "pooling": stage_pooling}
     t0 = time.time()
     for s in args.stages:
         if s == "report":
@@ -924,9 +979,10 @@ def main() -> None:
         stages[s](args)
     if args.write_evidence:
         write_evidence()
-    text = report(args)
-    Path(args.out).write_text(text + "\n")
-    print(text)
+    if set(args.stages) != {"pooling"}:  # the pooling stage writes its own table, not the report's parts
+        text = report(args)
+        Path(args.out).write_text(text + "\n")
+        print(text)
     log(f"done in {time.time() - t0:.0f} s")
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ORDER = ["setup", "train", "train_gpu", "phantom", "attention", "communities", "communities_gpu", "attribution",
-         "attribution_gpu", "evaluation", "lesions", "sae_models", "sae_caching", "sae_memory", "sae_speed", "sae_frontier", "sae_quality",
+         "attribution_gpu", "evaluation", "lesions", "lesions_pooling", "sae_models", "sae_caching", "sae_memory", "sae_speed", "sae_frontier", "sae_quality",
          "sae_atlas", "sae_atlas_sweep", "sae_shortcut", "sae_interventions", "concepts", "pruning", "pruning_speed", "pruning_quality", "pruning_quality_b", "pruning_shortcut", "pruning_distill", "scale", "validation",
          "notebooks"]
 
@@ -29,7 +29,7 @@ run on a lent NVIDIA H100 machine with `--device cuda`.
 | `bench_communities.py` | DCMM-ViT vs plain ViT AUC at 64 and 128 px; anatomy alignment of communities (phantom, real CXR); widget redraw latency |
 | `bench_attribution.py` | cost per attribution method vs forward+backward; agreement with pytorch-grad-cam |
 | `bench_evaluation.py` | method x metric table on the phantom; shortcut exposure; real-CXR budgets |
-| `bench_lesions.py` | every attribution method on real lesions (BUSI ultrasound) and the phantom's nodules; baselines; mask-guided training; cost of the new methods; burnt-in marks audit |
+| `bench_lesions.py` | every attribution method on real lesions (BUSI ultrasound) and the phantom's nodules; baselines; mask-guided training; cost of the new methods; burnt-in marks audit; the head's global pooling |
 | `bench_sae.py` | SAE activation caching vs the truncated-forward floor; memory while training from a store; training tokens/s vs the GEMM floor and saev / Overcomplete / SAELens; ReLU SAEs at equal L0; FVU, L0, dead latents, spliced AUC; latent atlas (phantom, real CXR); confounder search and Mammo-SAE interventions |
 | `bench_concepts.py` | CBM vs black box, concept AUCs, intervention curves; TCAV significance with/without a shortcut, agreement and cost vs captum; site repair without training; CBM training throughput; explorer redraw |
 | `bench_pruning.py` | pruned size/speed; AUC vs ratio per criterion (peers: Torch-Pruning magnitude/Taylor); explanations after pruning; shortcut removal; scoring cost |
