@@ -852,7 +852,10 @@ def report(args) -> str:
     gd = pd.concat([d for d, _ in parts], ignore_index=True) if parts else None
     note = "; ".join(sorted({n for _, n in parts if n}))
     if gd is not None and len(gd):
-        agg = gd.drop(columns=["seed"]).groupby(["data", "guide_weight"]).agg(["mean", "std"])
+        keys = ["data", "guide_weight"] + (["pool"] if "pool" in gd else [])
+        if "pool" in gd:
+            gd = gd.assign(pool=gd["pool"].fillna("own"))
+        agg = gd.drop(columns=["seed"]).groupby(keys).agg(["mean", "std"])
         agg.columns = [f"{a} ({b})" for a, b in agg.columns]
         lines += ["## Mask-guided training (same seeds, with vs without)", "",
                   f"ResNet-18; mean and sd over seeds {sorted(gd['seed'].unique().tolist())}; {note}. BUSI: guided by the "
