@@ -264,6 +264,12 @@ def part_quality(s: Settings) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- TCAV
+def _tcav_cell(t: Any, name: str) -> str:
+    """A concept's TCAV score and p-value from ``TCAVResult.table``, bold when significant."""
+    mark = "**" if t.loc[name, "significant"] else ""
+    return f"{mark}{t.loc[name, 'score']:.2f}{mark} (p={t.loc[name, 'p_value']:.2g})"
+
+
 def part_tcav_reliance(s: Settings) -> str:
     """Does the planted shortcut get learnt, and does TCAV's drain score follow it? Three black boxes of
     ``--tcav-arch``: without the shortcut, with SHORTCUT (90 % / 10 %) and with SHORTCUT_ALL (100 % / 0 %).
@@ -288,8 +294,7 @@ def part_tcav_reliance(s: Settings) -> str:
         for sel in (ptx, ~ptx):
             imgs = test.batch(sel.nonzero().flatten()[:100])["image"]
             t = wc.tcav(model, imgs, examples, layer=layer, target=c, random=rnd, n_random=n_random).table
-            cells += [f"{'**' if t.loc[k, 'significant'] else ''}{t.loc[k, 'score']:.2f}"
-                      f"{'**' if t.loc[k, 'significant'] else ''} (p={t.loc[k, 'p_value']:.2g})" for k in ("device", "marker")]
+            cells += [_tcav_cell(t, k) for k in ("device", "marker")]
             cells.append(f"{t['random_score'].iloc[0]:.2f}")
         acc = float((pred == test.labels).float().mean())
         rows.append(f"| {what} | {acc:.3f} | {fp_drain:.3f} / {fp_none:.3f} | " + " | ".join(cells) + " |")
@@ -347,10 +352,7 @@ def part_tcav(s: Settings) -> str:
                 times.setdefault(kind, []).append(time.perf_counter() - t0)
                 results[(pool, kind, cls)] = (res, imgs, c)
                 t = res.table
-                cells = []
-                for name in t.index:
-                    mark = "**" if t.loc[name, "significant"] else ""
-                    cells.append(f"{mark}{t.loc[name, 'score']:.2f}{mark} (p={t.loc[name, 'p_value']:.2g})")
+                cells = [_tcav_cell(t, name) for name in t.index]
                 pos_ok = all(t.loc[f, "significant"] and t.loc[f, "score"] > t.loc[f, "random_score"] for f in findings)
                 rows.append(f"| {pool} | {kind} | {cls} ({len(imgs)}) | " + " | ".join(cells) +
                             f" | {'yes' if pos_ok else 'no'} | {'no' if not t.loc['marker', 'significant'] else 'yes'} |")

@@ -554,7 +554,7 @@ def stage_pooling(args) -> None:
             r = {"model": arch, "pool": pool or ("token" if arch.startswith("vit") else "avg"),
                  "test_auc": wb.evaluate(m, test).auc}
             for method in POOL_METHODS:
-                att, ms = attribute_timed(m, ev, method, n)
+                att = wb.attribute(m, ev["image"][:n], target=ev["target"][:n], method=method)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     r[method] = boot(pointing_game(att, ev["mask"][:n]).scores.numpy())
@@ -852,10 +852,9 @@ def report(args) -> str:
     gd = pd.concat([d for d, _ in parts], ignore_index=True) if parts else None
     note = "; ".join(sorted({n for _, n in parts if n}))
     if gd is not None and len(gd):
-        keys = ["data", "guide_weight"] + (["pool"] if "pool" in gd else [])
-        if "pool" in gd:
+        if "pool" in gd:  # rows of --guided-pool runs; the others keep the architecture's own pooling
             gd = gd.assign(pool=gd["pool"].fillna("own"))
-        agg = gd.drop(columns=["seed"]).groupby(keys).agg(["mean", "std"])
+        agg = gd.drop(columns=["seed"]).groupby([k for k in ("data", "guide_weight", "pool") if k in gd]).agg(["mean", "std"])
         agg.columns = [f"{a} ({b})" for a, b in agg.columns]
         lines += ["## Mask-guided training (same seeds, with vs without)", "",
                   f"ResNet-18; mean and sd over seeds {sorted(gd['seed'].unique().tolist())}; {note}. BUSI: guided by the "

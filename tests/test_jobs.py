@@ -138,16 +138,22 @@ def test_fingerprint_tells_models_and_datasets_apart():
         jobs.fingerprint(3)
 
 
-def torchrun(scenario: str, out: Path, env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node 2 tests/_dist_worker.py SCENARIO OUT`` on the CPU (gloo)."""
+def two_ranks(worker: str, *args: str | Path, env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node 2 tests/WORKER ARGS...`` on the CPU (gloo), with faulthandler on (a rank that
+    crashes prints its Python stacks)."""
     root = HERE.parent
     full_env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                 "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONFAULTHANDLER": "1", **(env or {})}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         full_env.pop(k, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(HERE / "_dist_worker.py"), scenario, str(out)]
+           str(HERE / worker), *map(str, args)]
     return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def torchrun(scenario: str, out: Path, env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+    """``tests/_dist_worker.py SCENARIO OUT`` under two ranks."""
+    return two_ranks("_dist_worker.py", scenario, out, env=env, timeout=timeout)
 
 
 @pytest.mark.slow

@@ -3,9 +3,7 @@ refusals, torchrun with two CPU processes, and an SAE trained from it applied ba
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -217,15 +215,10 @@ def test_foundation_model_from_a_local_weights_file(tmp_path):
         wb.models.create("vit_tiny", num_classes=2, img_size=32, in_chans=1, pretrained=tmp_path / "none.pth")
 
 
-def _torchrun(out: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    root = HERE.parent
-    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONFAULTHANDLER": "1"}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(HERE / "_sae_dist_worker.py"), str(out)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+def _torchrun(out: Path) -> subprocess.CompletedProcess:
+    from test_jobs import two_ranks
+
+    return two_ranks("_sae_dist_worker.py", out, timeout=300)
 
 
 # gloo's threads can abort a rank in the interpreter's teardown (pytorch/pytorch#179291), rarely: once in

@@ -100,7 +100,7 @@ def _shutdown() -> None:
             td.destroy_process_group()
         except Exception:  # noqa: BLE001 - exiting anyway; a failed tear-down must not mask the job's result
             pass
-    gc.collect()  # work objects still holding the group's buffers go now, not during interpreter teardown
+        gc.collect()  # work objects still holding the group's buffers go now, not during interpreter teardown
 
 
 def rank_device(device: str | torch.device | None = "auto") -> torch.device:
