@@ -1032,6 +1032,12 @@ case("concepts.test_time_normalise", "a ViT without source images",
 case("concepts.test_time_normalise", "prior=-1", lambda c: _cc().test_time_normalise(c.cnn, prior=-1), r"prior")
 case("concepts.test_time_normalise", "source images 0-255",
      lambda c: _cc().test_time_normalise(c.vit, c.xs("x255")), r"255")
+case("concepts.test_time_align", "no source images", lambda c: _cc().test_time_align(c.vit, None, c.x), r"source=")
+case("concepts.test_time_align", "site images 0-255", lambda c: _cc().test_time_align(c.vit, c.x, c.xs("x255")), r"255")
+case("concepts.test_time_align", "site images 3 channels", lambda c: _cc().test_time_align(c.vit, c.x, c.xs("chans3")),
+     r"channel")
+case("concepts.test_time_align", "unknown layer", lambda c: _cc().test_time_align(c.vit, c.x, c.x, layers=["blocks.9"]),
+     r"blocks\.9")
 case("concepts.finetune_head", "steps=0", lambda c: _cc().finetune_head(c.cbm, c.ds, steps=0), r"steps")
 case("concepts.support_set", "per_class=0", lambda c: _cc().support_set(c.ds, per_class=0), r"per_class")
 case("concepts.fit_head", "on='labels'", lambda c: _cc().fit_head(c.cbm, c.ds, on="labels"), r"on must be one of")

@@ -17,6 +17,7 @@ verb                           what
 ``concept_examples``           example images of concepts from a dataset's labels and meta flags
 ``test_time_improve``          training-free repair at a new site (after He et al. 2025)
 ``test_time_normalise``        training-free: normalisation statistics from each batch, mixed with the source's
+``test_time_align``            training-free: a new site's field of view, contrast, brightness, gamma undone
 ``finetune_head``              the gradient baseline: the task head retrained on the support set
 ``fit_head``                   the task head fitted to convergence on true (independent) or predicted concepts
 ``support_set``                a few labelled images per class drawn from a new site
@@ -42,6 +43,7 @@ from .maps import ConceptMaps, concept_maps, score_concept_maps
 from .quality import ConceptReport, quality
 from .sources import (SOURCES, CAVConcepts, LabelConcepts, SAEConcepts, TextConcepts, concept_source,
                       select_concepts, with_concepts)
+from .align import test_time_align
 from .normalise import test_time_normalise
 from .tti import TTIReport, finetune_head, support_set, test_time_improve
 
@@ -52,6 +54,6 @@ __all__ = [
     "ConceptMaps", "concept_maps", "score_concept_maps",
     "ConceptReport", "quality",
     "CAVSet", "TCAVResult", "learn_cavs", "tcav", "layer_activations", "concept_examples", "random_images",
-    "TTIReport", "test_time_improve", "test_time_normalise", "finetune_head", "support_set", "fit_head",
+    "TTIReport", "test_time_improve", "test_time_normalise", "test_time_align", "finetune_head", "support_set", "fit_head",
     "SOURCES", "concept_source", "LabelConcepts", "CAVConcepts", "TextConcepts", "SAEConcepts", "select_concepts", "with_concepts",
 ]

@@ -34,7 +34,8 @@ intensities) was tried on 2026-12-03 on the benchmark's ViT CBM and left out: ea
 the source histogram cost the source site 38 accuracy points (it erases what differs between images:
 a larger heart, an effusion, are more bright pixels), and one map per site, estimated from the 24
 support images, cost the source 4-7 points and gained nothing at the new sites (they differ in
-noise, blur and field of view too, which move the histogram as well).
+noise, blur and field of view too, which move the histogram as well). ``test_time_align`` undoes the
+field of view and intensity map at the input by matching these same feature statistics instead.
 
 Written here rather than taken from a library: the peers (TTA libraries such as tent's reference
 code) re-estimate BN statistics only, in train mode, with no prior and no path for LayerNorm
@@ -125,19 +126,14 @@ def test_time_normalise(model: nn.Module, source: Any = None, *, prior: float = 
     prior = check_number(prior, "prior", low=0.0)
     adapted = copy.deepcopy(model)
     names = dict(adapted.named_modules())
-    bns = [n for n, m in names.items() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    bns = _bn_layers(adapted)
     if layers == "auto" and bns:
         for n in bns:
             _replace(adapted, n, PriorBatchNorm(names[n], prior))
         adapted.test_time_normalisation = {"prior": prior, "kind": "batch norm", "layers": bns}
         return adapted.eval()
     if layers == "auto":
-        layers = [n for n in names if n.endswith("patch_embed") and n.count(".") <= 1] + \
-                 [n for n in names if _BLOCK.search(n)]
-        if not layers:
-            raise ValueError("the model has no BatchNorm layer and no ViT patch_embed/blocks.N; pass layers=[...] "
-                             "naming layers with (B, tokens, C) or (B, C, H, W) outputs, e.g. "
-                             f"{[n for n in names if n][:8]}.")
+        layers = _token_layers(adapted)
     layers = [layers] if isinstance(layers, str) else list(layers)
     unknown = [n for n in layers if n not in names]
     if unknown:
@@ -154,15 +150,33 @@ def test_time_normalise(model: nn.Module, source: Any = None, *, prior: float = 
     return adapted.eval()
 
 
+def _bn_layers(model: nn.Module) -> list[str]:
+    """Names of the batch-norm layers that keep running statistics."""
+    return [n for n, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+def _token_layers(model: nn.Module) -> list[str]:
+    """A ViT's patch embedding and every ``blocks.N`` (the layers whose token statistics are adapted)."""
+    names = [n for n, _ in model.named_modules()]
+    layers = [n for n in names if n.endswith("patch_embed") and n.count(".") <= 1] + [n for n in names if _BLOCK.search(n)]
+    if not layers:
+        raise ValueError("the model has no BatchNorm layer and no ViT patch_embed/blocks.N; pass layers=[...] naming "
+                         f"layers with (B, tokens, C) or (B, C, H, W) outputs, e.g. {[n for n in names if n][:8]}.")
+    return layers
+
+
 def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, child, new)
 
 
 @torch.no_grad()
-def _source_stats(model: nn.Module, source: Any, layers: list[str],
-                  batch_size: int, device: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per-channel mean and std of each layer's output over every source token (one pass, float64 sums)."""
+def _source_stats(model: nn.Module, source: Any, layers: list[str], batch_size: int, device: Any, *,
+                  unaligned: bool = True) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-channel mean and std of each layer's output over every source token (one pass, float64 sums).
+    ``unaligned``: a model from ``test_time_align`` sees the images without its input map (source images
+    are never aligned); False keeps the map (``test_time_align`` measuring the new site through it)."""
     from workbench._train_data import BatchSource, as_source
 
     from ._predict import _Eval
@@ -192,12 +206,19 @@ def _source_stats(model: nn.Module, source: Any, layers: list[str],
     with _Eval(model, device) as (m, dev):
         mods = dict(m.named_modules())
         handles = [mods[n].register_forward_hook(hook(n)) for n in layers]
+        # source images are never aligned: a model from test_time_align measures them as its original would
+        aligned = [mod for mod in mods.values() if unaligned and getattr(mod, "enabled", None) is True
+                   and hasattr(mod, "alignment")]
+        for mod in aligned:
+            mod.enabled = False
         try:
             for batch in BatchSource(as_source(source), batch_size, dev, 0, keep_on_device=False)(shuffle=False):
                 m(batch["image"])
         finally:
             for h in handles:
                 h.remove()
+            for mod in aligned:
+                mod.enabled = True
     out = {}
     for n, (s1, s2, cnt) in sums.items():
         mean = s1 / cnt
