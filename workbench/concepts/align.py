@@ -128,7 +128,9 @@ def test_time_align(model: nn.Module, source: Any, images: Any, *, layers: Seque
         raise ValueError("test_time_align needs source=: images of the training site(s) (a dataset, e.g. the "
                          "validation split) whose feature statistics the new site's are brought back to.")
     x = _as_images(images, model)
-    layers = (_bn_layers(model) or _token_layers(model)) if layers == "auto" else ([layers] if isinstance(layers, str) else list(layers))
+    if layers == "auto":
+        layers = _bn_layers(model) or _token_layers(model)
+    layers = [layers] if isinstance(layers, str) else list(layers)
     names = dict(model.named_modules())
     unknown = [n for n in layers if n not in names]
     if unknown:
