@@ -53,7 +53,7 @@ def test_inverse_map_undoes_the_acquisition_it_models(chest):
 def test_alignment_brings_features_and_outputs_back_without_changing_the_model(chest, make):
     model = make()
     before = copy.deepcopy(model.state_dict())
-    aligned = wc.test_time_align(model, chest["source"], chest["site"], max_evals=200)
+    aligned = wc.test_time_align(model, chest["source"], chest["site"], max_evals=200, progress=False)
     info = aligned.test_time_alignment
     assert info["distance_after"] < 0.3 * info["distance_before"]
     with torch.no_grad():

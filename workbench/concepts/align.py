@@ -98,7 +98,8 @@ def _theta_to_params(theta: np.ndarray) -> dict[str, float]:
 
 
 def test_time_align(model: nn.Module, source: Any, images: Any, *, layers: Sequence[str] | str = "auto",
-                    max_evals: int = 300, batch_size: int = 64, device: Any = None) -> nn.Module:
+                    max_evals: int = 300, batch_size: int = 64, device: Any = None,
+                    progress: bool = True) -> nn.Module:
     """A copy of ``model`` that first maps each image by the acquisition-style inverse that best brings
     the model's feature statistics on ``images`` (a new site's, unlabelled) back to those on ``source``
     (see the module docstring); the model itself is not changed.
@@ -111,6 +112,7 @@ def test_time_align(model: nn.Module, source: Any, images: Any, *, layers: Seque
         layers: "auto" (every BatchNorm; else the patch embedding and every ``blocks.N``) or layer names.
         max_evals: the most forward passes of ``images`` the search may take.
         batch_size, device: forward passes.
+        progress: show a tqdm progress bar over the search's forward passes.
 
     Returns:
         The adapted copy, in eval mode, with ``test_time_alignment`` = {"params" (fov, contrast, gamma,
@@ -121,6 +123,7 @@ def test_time_align(model: nn.Module, source: Any, images: Any, *, layers: Seque
         ValueError: no source, images that do not fit the model, a model without a Conv2d, unknown layers.
     """
     from scipy.optimize import minimize
+    from tqdm.auto import tqdm
 
     check_model(model)
     check_int(max_evals, "max_evals", minimum=10)
@@ -142,9 +145,12 @@ def test_time_align(model: nn.Module, source: Any, images: Any, *, layers: Seque
     _replace(adapted, stem, AlignedStem(dict(adapted.named_modules())[stem], alignment))
     ref = {n: (m.double(), sd.double().clamp_min(1e-6)) for n, (m, sd) in target.items()}
 
+    bar = tqdm(total=int(max_evals) + 2, desc="align", unit="pass", disable=not progress)
+
     def distance(theta: np.ndarray) -> float:
         for k, v in _theta_to_params(theta).items():
             setattr(alignment, k, v)
+        bar.update(1)
         got = _source_stats(adapted, x, layers, batch_size, device, unaligned=False)
         return sum(float((((got[n][0].double() - m0) / sd0) ** 2).mean() +
                          (torch.log(got[n][1].double().clamp_min(1e-6) / sd0) ** 2).mean())
@@ -156,6 +162,7 @@ def test_time_align(model: nn.Module, source: Any, images: Any, *, layers: Seque
                             "initial_simplex": np.vstack([np.zeros(4), 0.15 * np.eye(4)])})
     best = res.x if res.fun < before else np.zeros(4)
     after = distance(best)
+    bar.close()
     adapted.test_time_alignment = {"params": alignment.params, "distance_before": before, "distance_after": after,
                                    "evals": int(res.nfev) + 2, "layers": layers, "stem": stem}
     return adapted
