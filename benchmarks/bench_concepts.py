@@ -1,6 +1,7 @@
 """Concept bottleneck benchmarks -> benchmarks/tables/concepts.md.
 
-Parts (``--parts train,quality,tcav,site,throughput,widget,tcav_reliance``; each rewrites only its own section):
+Parts (``--parts train,quality,tcav,site,throughput,widget,tcav_reliance,tcav_null,site_align,site_ceiling``;
+each rewrites only its own section):
 
 - train: trains (or reuses from ``$WORKBENCH_DATA/bench_models/``) the models the other parts use:
   on the phantom's ``diagnosis`` task at 64 px (sites A-C), a ViT (vit_tiny depth 4, width 96, patch 8)
@@ -21,8 +22,12 @@ Parts (``--parts train,quality,tcav,site,throughput,widget,tcav_reliance``; each
   linear head, interleaved repeats, medians.
 - widget: concept explorer redraw after an intervention (median and max over slider moves).
 - tcav_reliance: whether the planted drain is learnt (false pneumothorax calls with / without a drain)
-  by black boxes trained without it, with it at 90 % / 10 % and fully confounded, and whether TCAV's
-  drain score follows.
+  by black boxes trained without it, with it at 90 % / 10 % and fully confounded, whether TCAV's drain
+  score follows, and the causal effect of adding a drain or a marker to the same test images.
+- tcav_null: how often each concept is significant over 6 draws of the random sets, with the null's CAVs
+  sharing one counterpart set or each with its own (``null="pairs"``).
+- site_align: ``wc.test_time_align`` on the support images (labels unused), alone and then normalised.
+- site_ceiling: the new sites' style undone with the generator's own parameters (an oracle).
 
 Usage: ``WORKBENCH_DATA=/work/cache/data .venv/bin/python benchmarks/bench_concepts.py --parts ...``
 (``--quick`` for a smoke run with tiny settings).
@@ -671,6 +676,7 @@ def part_site_align(s: Settings) -> str:
     ``wc.test_time_normalise``; the source change is what the same procedure does at a site that needs no
     repair (aligned on support images drawn from the source sites A-C, predicted on the source test set)."""
     from workbench.concepts._predict import concept_logits_of
+    from workbench.data import phantom
 
     draws = 3 if s.quick else 10
     per_class = 2 if s.quick else 4
@@ -682,10 +688,9 @@ def part_site_align(s: Settings) -> str:
     def acc(model: Any, ds: Any, cbm: Any, y: torch.Tensor, batch: int = 256) -> float:
         return _acc_from_logits(cbm, concept_logits_of(model, ds, adapted=False, batch_size=batch), y)
 
-    def both(cbm: Any, sup: Any, ds: Any, y: torch.Tensor) -> tuple[float, float, dict, Any]:
-        al = wc.test_time_align(cbm, val, sup)
-        return (acc(al, ds, cbm, y), acc(wc.test_time_normalise(al, val, prior=NORM_PRIOR), ds, cbm, y, NORM_BATCH),
-                al.test_time_alignment, al)
+    def both(cbm: Any, sup: Any, ds: Any, y: torch.Tensor) -> tuple[float, float, Any]:
+        al = wc.test_time_align(cbm, val, sup, progress=False)
+        return acc(al, ds, cbm, y), acc(wc.test_time_normalise(al, val, prior=NORM_PRIOR), ds, cbm, y, NORM_BATCH), al
 
     for arch, kind in [(a, k) for k in s.site_kinds for a in s.site_archs]:
         cbm = get_model(s, arch, kind, []).float()
@@ -693,7 +698,7 @@ def part_site_align(s: Settings) -> str:
         src0 = acc(cbm, src_test, cbm, ys)
         src_ch = ([], [])
         for d in range(draws):
-            a1, a2, _, _ = both(cbm, wc.support_set(src_pool, per_class=per_class, seed=d), src_test, ys)
+            a1, a2, _ = both(cbm, wc.support_set(src_pool, per_class=per_class, seed=d), src_test, ys)
             src_ch[0].append(a1 - src0)
             src_ch[1].append(a2 - src0)
         for site in ("D", _stronger_site()):
@@ -705,18 +710,18 @@ def part_site_align(s: Settings) -> str:
             gains, params, misuse, secs = ([], []), [], [], []
             for d in range(draws):
                 t0 = time.perf_counter()
-                a1, a2, info, al = both(cbm, wc.support_set(pool, per_class=per_class, seed=d), tgt, yt)
+                a1, a2, al = both(cbm, wc.support_set(pool, per_class=per_class, seed=d), tgt, yt)
                 secs.append(time.perf_counter() - t0)
                 gains[0].append(a1 - tgt0)
                 gains[1].append(a2 - tgt0)
-                params.append(info["params"])
+                params.append(al.test_time_alignment["params"])
                 misuse.append(acc(al, src_test, cbm, ys) - src0)
             for j, label in enumerate(("input alignment (no training)", "input alignment, then normalisation")):
                 rows.append(_site_row(arch, CBM_MODES[kind], site, src0, tgt0, label, gains[j], src_ch[j]))
             med = {k: float(np.median([p[k] for p in params])) for k in params[0]}
             notes.append(f"{arch} ({CBM_MODES[kind]}), site {site}: median parameters found "
                          + ", ".join(f"{k} {v:.2f}" for k, v in med.items())
-                         + f" (the site's style: {', '.join(f'{k} {_site_style(site)[k]:g}' for k in med)}); "
+                         + f" (the site's style: {', '.join(f'{k} {phantom.SITES[site][k]:g}' for k in med)}); "
                          f"{statistics.median(secs):.0f} s per draw (search and normalised prediction); the site's "
                          f"alignment applied to source images instead: {100 * np.mean(misuse):+.1f} points")
     return (f"`wc.test_time_align` (Nelder-Mead over field of view, contrast, gamma and brightness, matching the "
@@ -730,29 +735,15 @@ def part_site_align(s: Settings) -> str:
             "1 point.\n\n" + _site_table(rows, notes))
 
 
-def _site_style(site: str) -> dict:
-    from workbench.data import phantom
-
-    return phantom.SITES[site]
-
-
 def part_site_ceiling(s: Settings) -> str:
     """How much of a new site's drop is the model's to recover at all without training: the site's style
-    undone exactly where it can be (the phantom knows it): the field of view by zooming back, and contrast,
-    brightness and gamma by their inverse map; blur and noise cannot be undone. Compared with the concept-level
+    undone exactly where it can be (the phantom knows it) by ``workbench.concepts.align.InputAlignment`` with the
+    site's own parameters: the field of view by zooming back, and contrast, brightness and gamma by their inverse
+    map; blur and noise cannot be undone. Compared with the concept-level
     oracle and batch normalisation of the ``site`` part, on the CBMs of ``--site-kinds`` x ``--site-archs``."""
-    import torch.nn.functional as F
-
     from workbench.concepts._predict import concept_logits_of
+    from workbench.concepts.align import InputAlignment
     from workbench.data import phantom
-
-    def zoom(x: torch.Tensor, f: float) -> torch.Tensor:
-        th = torch.tensor([[1 / f, 0, 0], [0, 1 / f, 0]], dtype=x.dtype).expand(len(x), 2, 3)
-        return F.grid_sample(x, F.affine_grid(th, list(x.shape), align_corners=False), mode="bilinear",
-                             padding_mode="border", align_corners=False)
-
-    def intensity(x: torch.Tensor, st: dict) -> torch.Tensor:
-        return (((x.clamp(1e-4, 1) ** (1 / st["gamma"])) - 0.45 - st["brightness"]) / st["contrast"] + 0.45).clamp(0, 1)
 
     val = data(s, "val", s.n_val)
     src_test = data(s, "test", s.n_test)
@@ -768,13 +759,17 @@ def part_site_ceiling(s: Settings) -> str:
             x, y = tgt.batch(range(len(tgt)))["image"], tgt.labels
             tgt0 = _acc_from_logits(cbm, concept_logits_of(cbm, tgt, adapted=False), y)
             drop = src0 - tgt0
+            undo = {"fov": st["fov"], "contrast": st["contrast"], "gamma": st["gamma"], "brightness": st["brightness"]}
+            fov_only = InputAlignment(fov=st["fov"])
+            intensity_only = InputAlignment(**{**undo, "fov": 1.0})
+            both = InputAlignment(**undo)
             cells = []
-            for fn in (lambda v: zoom(v, st["fov"]), lambda v: intensity(v, st),
-                       lambda v: zoom(intensity(v, st), st["fov"])):
-                gain = _acc_from_logits(cbm, concept_logits_of(cbm, fn(x), adapted=False), y) - tgt0
-                cells.append(f"{100 * gain:+.1f} ({100 * gain / drop:.0f} %)")
-            both_norm = _acc_from_logits(cbm, concept_logits_of(norm, zoom(intensity(x, st), st["fov"]),
-                                                                batch_size=NORM_BATCH, adapted=False), y) - tgt0
+            with torch.no_grad():
+                for fn in (fov_only, intensity_only, both):
+                    gain = _acc_from_logits(cbm, concept_logits_of(cbm, fn(x), adapted=False), y) - tgt0
+                    cells.append(f"{100 * gain:+.1f} ({100 * gain / drop:.0f} %)")
+                both_norm = _acc_from_logits(cbm, concept_logits_of(norm, both(x), batch_size=NORM_BATCH,
+                                                                    adapted=False), y) - tgt0
             cells.append(f"{100 * both_norm:+.1f} ({100 * both_norm / drop:.0f} %)")
             rows.append(f"| {arch} | {CBM_MODES[kind]} | {site} | {src0:.3f} | {tgt0:.3f} ({100 * drop:+.1f}) | "
                         + " | ".join(cells) + " |")

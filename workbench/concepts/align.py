@@ -169,8 +169,7 @@ def test_time_align(model: nn.Module, source: Any, images: Any, *, layers: Seque
 
 
 def _as_images(images: Any, model: nn.Module) -> torch.Tensor:
-    if isinstance(images, dict):
-        images = images.get("image")
+    """A dataset's images, or a batch dict's / a tensor, checked (check_images takes the last two)."""
     if not torch.is_tensor(images) and hasattr(images, "batch") and hasattr(images, "__len__"):
         images = images.batch(range(len(images)))["image"]
     return check_images(images, "images of the new site", model=model)

@@ -606,7 +606,7 @@ def tcav(model: nn.Module, images: Any, examples: Mapping[str, Any], *, layer: s
         return (w / max(np.linalg.norm(w), 1e-12)).astype(np.float32)
 
     # the null's own positive sets come from a second stream, so the concepts' draws do not depend on `null`
-    own = _draw_sets(len(rnd), n, n_random, np.random.default_rng([seed, 1]))
+    own = _draw_sets(len(rnd), n, n_random, np.random.default_rng([seed, 1])) if null == "pairs" else None
     rows, all_scores, all_dd, all_cavs = {}, [], [], []
     nulls, null_mag = [], []
     for i in range(1, n_random + 1):

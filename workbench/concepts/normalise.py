@@ -207,8 +207,9 @@ def _source_stats(model: nn.Module, source: Any, layers: list[str], batch_size: 
         mods = dict(m.named_modules())
         handles = [mods[n].register_forward_hook(hook(n)) for n in layers]
         # source images are never aligned: a model from test_time_align measures them as its original would
-        aligned = [mod for mod in mods.values() if unaligned and getattr(mod, "enabled", None) is True
-                   and hasattr(mod, "alignment")]
+        from .align import AlignedStem
+
+        aligned = [mod for mod in mods.values() if unaligned and isinstance(mod, AlignedStem) and mod.enabled]
         for mod in aligned:
             mod.enabled = False
         try:
